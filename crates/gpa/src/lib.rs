@@ -1,0 +1,2 @@
+//! The Guest Proxy Agent (`gpa`): runs as root in the VM, latches the key, intercepts metadata connections with
+//! eBPF, authorizes each request against the allowlist, signs and forwards it, and reports its health.
