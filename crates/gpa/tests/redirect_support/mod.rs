@@ -206,22 +206,13 @@ impl Proxy {
 
     /// Accepts one connection, waiting at most [`STEP_TIMEOUT`].
     pub fn accept(&self) -> Accepted {
-        self.listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return Accepted { stream, peer };
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("proxy accept: {e}"),
-            }
-        }
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::try_from(STEP_TIMEOUT).unwrap()).expect("poll");
+        assert_eq!(ready, 1, "proxy: nothing to accept within {STEP_TIMEOUT:?}");
+        let (stream, peer) = self.listener.accept().expect("accept");
+        Accepted { stream, peer }
     }
 }
 
