@@ -185,7 +185,7 @@ fn loader_config() -> RedirectConfig {
 }
 
 /// An agent stand-in in its own process: binds the listener, starts the redirector, and answers each redirected
-/// connection with `proxied tgid=<pid of the caller>`. Runs until killed.
+/// connection with `proxied-tgid-<pid of the caller>`. Runs until killed.
 fn loader_role() {
     let cfg = loader_config();
     let listener = TcpListener::bind(cfg.listener).unwrap();
@@ -203,7 +203,7 @@ fn loader_role() {
         .filter_map(|s| s.peer_addr().ok().map(|p| (s, p)))
     {
         let line = match redirector.take(peer) {
-            Some(record) => format!("proxied tgid={}\n", record.tgid),
+            Some(record) => format!("proxied-tgid-{}\n", record.tgid),
             None => "unattributed\n".to_owned(),
         };
         let _ = stream.write_all(line.as_bytes());

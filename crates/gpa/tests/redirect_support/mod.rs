@@ -243,6 +243,8 @@ pub struct ChildProc {
 #[derive(Default)]
 pub struct Spawn<'a> {
     pub role: &'a str,
+    /// Extra arguments placed before the test-harness ones (they end up in the client's command line).
+    pub args: Vec<&'a str>,
     pub env: Vec<(&'a str, String)>,
     pub uid: Option<u32>,
     pub cgroup: Option<&'a TestCgroup>,
@@ -261,18 +263,19 @@ impl Spawn<'_> {
             }
             None => Command::new(&exe),
         };
-        cmd.args([
-            "--exact",
-            "child_role_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(ROLE_ENV, self.role)
-        .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+        cmd.args(&self.args)
+            .args([
+                "--exact",
+                "child_role_entry",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env(ROLE_ENV, self.role)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         if let Some(uid) = self.uid {
             cmd.uid(uid).gid(uid); // std also drops supplementary groups when root changes uid
         }
