@@ -476,3 +476,100 @@ fn root_policy_is_exactly_what_was_set_and_bad_endpoints_are_refused() {
     assert_eq!(redirector.policy().unwrap(), vec![b]);
     redirector.stop().unwrap();
 }
+
+#[test]
+fn conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed() {
+    if !root_ready(
+        "conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed",
+    ) {
+        return;
+    }
+    const CAPACITY: u32 = 8;
+    const CLIENTS: usize = 12;
+    let cgroup = TestCgroup::new("overflow");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = Redirector::start_with_capacity(
+        cgroup.config(proxy.addr, RedirectFailMode::Open),
+        CAPACITY,
+    )
+    .unwrap();
+    redirector.set_policy(&[endpoint.addr]).unwrap();
+
+    let clients: Vec<ChildProc> = (0..CLIENTS)
+        .map(|_| connect_client(Some(&cgroup), endpoint.addr, &[]).run())
+        .collect();
+    let mut who: HashMap<SocketAddr, u32> = HashMap::new();
+    for client in &clients {
+        who.insert(client.report()["local"].parse().unwrap(), client.pid);
+    }
+    let (mut recorded, mut unrecorded) = (0, 0);
+    for _ in 0..CLIENTS {
+        let accepted = proxy.accept();
+        match redirector.take(accepted.peer) {
+            // A record is always the caller's own: nothing was evicted or overwritten.
+            Some(record) => {
+                assert_eq!(Some(&record.tgid), who.get(&accepted.peer));
+                recorded += 1;
+            }
+            None => unrecorded += 1, // the proxy answers 421
+        }
+    }
+    assert_eq!(
+        (recorded, unrecorded),
+        (CAPACITY as usize, CLIENTS - CAPACITY as usize)
+    );
+    let counters = redirector.counters().unwrap();
+    assert_eq!(
+        (counters.published, counters.publish_full),
+        (u64::from(CAPACITY), (CLIENTS as u64) - u64::from(CAPACITY))
+    );
+    for client in clients {
+        client.finish();
+    }
+    // Taken records made room: the next caller is recorded again.
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    client.report();
+    let accepted = proxy.accept();
+    assert_eq!(
+        redirector.take(accepted.peer).map(|r| r.tgid),
+        Some(client.pid)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_a_native_ipv6_endpoint_is_redirected_to_the_ipv6_loopback_listener() {
+    if !root_ready("root_a_native_ipv6_endpoint_is_redirected_to_the_ipv6_loopback_listener") {
+        return;
+    }
+    let cgroup = TestCgroup::new("ipv6");
+    let endpoint = Endpoint::start("::1");
+    // Native IPv6 endpoints go to [::1] at the listener's port (spec §7.1): a port free on both loopbacks.
+    let (proxy, proxy_v6) = (0..20)
+        .find_map(|_| {
+            let proxy = Proxy::bind();
+            let v6 = std::net::TcpListener::bind(("::1", proxy.addr.port())).ok()?;
+            Some((proxy, v6))
+        })
+        .expect("a port free on 127.0.0.1 and [::1]");
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("peer"),
+        Some(&endpoint.addr.to_string()),
+        "{report:?}"
+    );
+    let (_stream, peer) = proxy_v6.accept().unwrap();
+    assert_eq!(peer.to_string(), report["local"]);
+    let record = redirector.take(peer).expect("record");
+    assert_eq!(
+        (record.tgid, record.original_dst, record.client),
+        (client.pid, endpoint.addr, peer)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}

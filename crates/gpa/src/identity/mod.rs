@@ -5,6 +5,11 @@
 //! same instance that called `connect()`: same start time and same executable. This module must never attribute
 //! a connection to a process other than the one the kernel recorded: when that cannot be shown, the answer is
 //! [`IdentityError::Stale`] (403 `IDENTITY_STALE`).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+#![deny(clippy::cast_possible_truncation)]
 mod cache;
 mod cmdline;
 

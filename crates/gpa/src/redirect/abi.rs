@@ -116,7 +116,9 @@ impl From<SocketAddr> for AddrPort {
         };
         let mut ip6_be = [0u32; 4];
         for (word, chunk) in ip6_be.iter_mut().zip(octets.chunks_exact(4)) {
-            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            if let Ok(bytes) = <[u8; 4]>::try_from(chunk) {
+                *word = u32::from_ne_bytes(bytes); // chunks_exact(4): always 4 bytes
+            }
         }
         AddrPort {
             ip6_be,

@@ -5,6 +5,11 @@
 //! types in this file are plain data. This module must never attach to a cgroup the configuration does not name
 //! (or, unset, the discovered cgroup2 root), never report a failed map update as success, and never hand out a
 //! record for any peer but the one it was published under.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+#![deny(clippy::cast_possible_truncation)]
 mod config;
 mod error;
 mod record;

@@ -120,6 +120,8 @@ fn connect_role() {
         }
         ("exit", _) => say(&fields),
         ("holder", _) => {
+            // Deliberately not waited for: this process exits and leaves the socket to the holder.
+            #[allow(clippy::zombie_processes)]
             let holder = Command::new("sleep")
                 .arg("60")
                 .stdin(Stdio::from(OwnedFd::from(stream)))

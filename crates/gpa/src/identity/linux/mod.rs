@@ -132,6 +132,12 @@ impl IdentityResolver {
     }
 }
 
+// The proxy shares one resolver across its tasks.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<IdentityResolver>();
+};
+
 /// A failed `/proc` read: the process is gone (or a zombie without an executable), or it cannot be verified.
 fn vanished(e: &io::Error) -> StaleReason {
     match e.raw_os_error() {

@@ -80,24 +80,30 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let d: Vec<u8> = d.iter().map(|c| c.wrapping_sub(b'0')).collect();
-            d.iter()
-                .all(|&v| v < 8)
-                .then(|| d.iter().fold(0u32, |acc, &v| acc * 8 + u32::from(v)))
-        });
-        match octal {
-            Some(v) if b == b'\\' && v <= 0xff => {
-                out.push(v as u8); // v <= 0xff checked
+        let escaped = (b == b'\\')
+            .then(|| bytes.get(i + 1..i + 4))
+            .flatten()
+            .and_then(octal_byte);
+        match escaped {
+            Some(v) => {
+                out.push(v);
                 i += 4;
             }
-            _ => {
+            None => {
                 out.push(b);
                 i += 1;
             }
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Three octal digits as a byte.
+fn octal_byte(digits: &[u8]) -> Option<u8> {
+    digits.iter().try_fold(0u8, |acc, &d| {
+        let v = d.checked_sub(b'0').filter(|&v| v < 8)?;
+        acc.checked_mul(8)?.checked_add(v)
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,16 @@ pub struct Redirector {
 impl Redirector {
     /// Attaches the redirector to the configured cgroup, or adopts the pins a previous agent left for it.
     pub fn start(cfg: RedirectConfig) -> Result<Redirector, RedirectError> {
+        Redirector::start_with_capacity(cfg, abi::PUBLISH_MAX_ENTRIES)
+    }
+
+    /// [`start`](Redirector::start) with a smaller publish map, so tests can reach its capacity (spec §7.3)
+    /// without 65,536 sockets. Not for production: the spec requires at least 65,536.
+    #[doc(hidden)]
+    pub fn start_with_capacity(
+        cfg: RedirectConfig,
+        publish_capacity: u32,
+    ) -> Result<Redirector, RedirectError> {
         let listener = match cfg.listener {
             SocketAddr::V4(v4) if v4.ip().is_loopback() && v4.port() != 0 => cfg.listener,
             addr => return Err(RedirectError::ListenerNotLoopback { addr }),
@@ -87,7 +97,8 @@ impl Redirector {
                     warn!(pin_dir = %pin_dir.path().display(), "removing pins of a previous closed-mode agent");
                     pin_dir.remove()?;
                 }
-                let (maps, attachments) = attach_fresh(&cgroup, &object, fingerprint, own, None)?;
+                let (maps, attachments) =
+                    attach_fresh(&cgroup, &object, fingerprint, own, None, publish_capacity)?;
                 (maps, attachments, Origin::Fresh, None)
             }
             RedirectFailMode::Closed => {
@@ -98,7 +109,14 @@ impl Redirector {
                     }
                     None => {
                         pin_dir.clear()?;
-                        match attach_fresh(&cgroup, &object, fingerprint, own, Some(&pin_dir)) {
+                        match attach_fresh(
+                            &cgroup,
+                            &object,
+                            fingerprint,
+                            own,
+                            Some(&pin_dir),
+                            publish_capacity,
+                        ) {
                             Ok((maps, attachments)) => {
                                 (maps, attachments, Origin::Fresh, Some(pin_dir))
                             }
@@ -232,6 +250,12 @@ impl Redirector {
     }
 }
 
+// The proxy shares one redirector across its tasks.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Redirector>();
+};
+
 impl Drop for Redirector {
     fn drop(&mut self) {
         if self.pins.is_some() && !self.attachments.is_empty() {
@@ -281,9 +305,11 @@ fn attach_fresh(
     fingerprint: u64,
     own: OwnProcess,
     pins: Option<&PinDir>,
+    publish_capacity: u32,
 ) -> Result<(Maps, Vec<Attachment>), RedirectError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+    loader.map_max_entries(map_name::PUBLISHED, publish_capacity);
     if let Some(pins) = pins {
         for name in map_name::ALL {
             loader.map_pin_path(name, pins.map(name));
