@@ -13,7 +13,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Instant;
@@ -37,13 +37,12 @@ fn main() {
         return;
     }
     let root = discover_cgroup2_root();
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own_cgroup = root.join(
-        std::fs::read_to_string("/proc/self/cgroup")
-            .unwrap()
+        cgroups
             .lines()
             .find_map(|l| l.strip_prefix("0::/"))
-            .unwrap_or("")
-            .to_owned(),
+            .unwrap_or(""),
     );
     let bench_cgroup = root.join(format!("gpa-bench-{}", std::process::id()));
     std::fs::create_dir(&bench_cgroup).unwrap();
@@ -186,7 +185,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn move_self(cgroup: &PathBuf) {
+fn move_self(cgroup: &Path) {
     std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).unwrap();
 }
 
