@@ -117,8 +117,9 @@ static __always_inline void count(__u32 counter)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
 
+	/* Atomic although per-CPU: a program in a cgroup hook may be preempted by another run on the same CPU. */
 	if (value)
-		*value += 1; /* per-CPU slot: no other writer */
+		__sync_fetch_and_add(value, 1);
 }
 
 static __always_inline void addr_from_ip4(struct addr_port *addr, __u32 ip4_be, __u16 port_be)

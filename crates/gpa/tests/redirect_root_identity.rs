@@ -5,6 +5,7 @@
 mod redirect_support;
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -199,16 +200,21 @@ fn conf_064_root_a_caller_that_exited_is_stale() {
     setup.redirector.stop().unwrap();
 }
 
-/// Spawns `sleep` until it gets `pid` (steering the kernel's next pid through `ns_last_pid`), or gives up.
-fn spawn_with_pid(pid: u32) -> Option<std::process::Child> {
+/// Makes the kernel give `pid` to a new process: spawns `sleep` with `ns_last_pid` set just below it until one
+/// gets it. `None` when some other process took the pid first, which is a reuse all the same.
+fn reuse_pid(pid: u32) -> Option<std::process::Child> {
     let deadline = Instant::now() + STEP_TIMEOUT;
-    while Instant::now() < deadline {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+    while !Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel did not hand out pid {pid} again"
+        );
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let mut child = Command::new("sleep")
             .arg("30")
             .stdin(Stdio::null())
             .spawn()
-            .ok()?;
+            .unwrap();
         if child.id() == pid {
             return Some(child);
         }
@@ -235,10 +241,12 @@ fn conf_064_root_a_reused_pid_is_stale_and_never_attributed_to_the_new_process()
     let (record, peer, _server) = setup.take();
     assert_eq!(record.tgid, pid);
     // A new process now carries the caller's pid.
-    let mut impostor = spawn_with_pid(pid).expect("could not get the kernel to reuse the pid");
+    let impostor = reuse_pid(pid);
     let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
-    let _ = impostor.kill();
-    let _ = impostor.wait();
+    if let Some(mut impostor) = impostor {
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+    }
     kill(holder);
     assert!(
         matches!(reason, StaleReason::PidReused { .. }),

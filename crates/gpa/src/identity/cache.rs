@@ -1,4 +1,5 @@
-//! A small bounded cache whose entries expire: NSS answers are kept at most 60 s (spec §6).
+//! A small bounded cache whose entries expire: NSS answers are kept at most 60 s (spec §6). It never returns an
+//! entry older than its TTL and never grows past its capacity.
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};

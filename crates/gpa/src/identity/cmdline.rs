@@ -1,5 +1,6 @@
 //! `processCmdLine` (spec §6): the first 4 NUL-separated words of `/proc/<pid>/cmdline`, redacted (spec §11.4),
-//! control characters escaped, joined by spaces, at most 1,024 bytes cut on a UTF-8 boundary.
+//! control characters escaped, joined by spaces, at most 1,024 bytes cut on a UTF-8 boundary. Pure: it never
+//! reads `/proc` itself, and never shows a secret it cannot see whole.
 use msp_core::redact::{REDACTED, redact_args, truncate_utf8};
 
 /// Words of the command line kept (spec §6).

@@ -1,4 +1,5 @@
-//! Configuration of the redirector: the slice of the agent configuration (spec §10.2) it needs.
+//! Configuration of the redirector: the slice of the agent configuration (spec §10.2) it needs. Plain data with
+//! the spec's defaults; it never reads the environment or a file.
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 

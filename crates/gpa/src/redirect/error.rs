@@ -1,4 +1,5 @@
-//! The redirector's one error type. Each variant names the diagnosis; the kernel's answer stays as the source.
+//! The redirector's one error type. Each variant names the diagnosis; the kernel's answer stays as the source,
+//! never flattened into a string.
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

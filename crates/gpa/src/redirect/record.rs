@@ -1,5 +1,5 @@
 //! The attribution record of one redirected connection (spec §7.3), decoded from the kernel's struct, and the
-//! redirector's counters.
+//! redirector's counters. Plain data: nothing here may read the kernel or `/proc`.
 use std::net::SocketAddr;
 
 /// Who made a redirected `connect()`, as the kernel saw it at that moment (spec §6, §7.3).

@@ -1,4 +1,5 @@
-//! Linux identity: `/proc` through a process-bound directory descriptor, NSS through a 60 s cache.
+//! Linux identity: `/proc` through a process-bound directory descriptor, NSS through a 60 s cache. Nothing is
+//! read from `/proc` before the live process is shown to be the recorded instance.
 mod nss;
 mod procfs;
 

@@ -1,5 +1,6 @@
 //! Typed handles on the object's maps, shared by the proxy's tasks. Each write path takes a short lock around
-//! one syscall; nothing here is held across an `.await`.
+//! one syscall; nothing here is held across an `.await`. This module must never report a failed map update as
+//! success (spec §7.4).
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 

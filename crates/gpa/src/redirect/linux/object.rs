@@ -1,5 +1,6 @@
 //! The eBPF object: the embedded, reproducible build of `crates/gpa/bpf/redirect.bpf.c`, or the file named by
 //! `ebpfFileFullPath` (spec §10.2), which must be a root-owned regular file that group and others cannot write.
+//! An object that fails those checks is never read.
 use std::borrow::Cow;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! The five programs of the object, where each attaches, and in which order (consumers of records before their
-//! producers, so no record is ever written that nothing would publish).
+//! producers, so no record is ever written that nothing would publish). Links only: never a legacy attachment
+//! that would replace another program on the cgroup.
 use std::io;
 use std::os::fd::BorrowedFd;
 
