@@ -86,9 +86,11 @@ struct {
 
 /* Client (ip, port) -> record, for the proxy to find from the accepted socket's peer address. Written by sock_ops;
  * taken (lookup + delete) by the agent; deleted by sock_ops when the client socket closes. A plain hash: when it is
- * full a new record is dropped, never an older one evicted (spec §7.3). */
+ * full a new record is dropped, never an older one evicted (spec §7.3). Not preallocated: the capacity is a bound,
+ * not 14 MB of kernel memory held for records that are almost always few. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, PUBLISH_MAX_ENTRIES);
 	__type(key, struct addr_port);
 	__type(value, struct conn_record);
@@ -260,7 +262,7 @@ static __always_inline void publish_record(struct bpf_sock_ops *skops)
 	if (!addr_equal(&peer, &rec->listener))
 		return; /* a later, direct connect of a socket whose redirected connect failed early */
 	/* BPF_ANY: a key still present belongs to a socket that no longer holds this address; this one owns it now.
-	 * When the map is full the insert fails with E2BIG and nothing is evicted. */
+	 * When the map is full the insert fails with E2BIG (or ENOMEM) and nothing is evicted. */
 	if (bpf_map_update_elem(&published, &rec->client, rec, BPF_ANY) != 0) {
 		count(COUNTER_PUBLISH_FULL);
 		return;

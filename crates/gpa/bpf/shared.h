@@ -24,7 +24,7 @@ enum counter {
 	COUNTER_SKIPPED = 2,       /* policy matched but the caller is the agent (skip map) */
 	COUNTER_STORAGE_FAILED = 3,/* redirected, but no socket storage for the record: the proxy answers 421 */
 	COUNTER_PUBLISHED = 4,     /* records moved to the publish map at TCP_CONNECT_CB */
-	COUNTER_PUBLISH_FULL = 5,  /* publish map full: connect left unrecorded, proxy answers 421 (spec §7.3) */
+	COUNTER_PUBLISH_FULL = 5,  /* publish map full (or out of memory): connect left unrecorded, proxy answers 421 */
 	COUNTER_RELEASED = 6,      /* untaken records removed because their socket closed */
 	COUNTER_PEER_REWRITTEN = 7,/* getpeername() answers rewritten to the original destination */
 	COUNTER_COUNT = 8,

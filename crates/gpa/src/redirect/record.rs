@@ -59,7 +59,7 @@ pub struct Counters {
     pub storage_failed: u64,
     /// Records published for the proxy.
     pub published: u64,
-    /// Redirected connects left unrecorded because the publish map was full (the proxy answers 421).
+    /// Redirected connects left unrecorded because the publish map was full or out of memory (the proxy answers 421).
     pub publish_full: u64,
     /// Untaken records removed because their socket closed.
     pub released: u64,
