@@ -13,12 +13,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Instant;
 
 use gpa::redirect::{RedirectConfig, RedirectFailMode, Redirector, discover_cgroup2_root};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 
 /// Connect+close pairs per timed batch.
 const BATCH: u32 = 2_000;
@@ -29,8 +31,10 @@ const WARMUP: u32 = 200;
 const ROLE_ENV: &str = "GPA_BENCH_ROLE";
 
 fn main() {
-    if std::env::var(ROLE_ENV).is_ok() {
-        return loader();
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("loader") => return loader(),
+        Ok("unreachable") => return unreachable_connects(),
+        _ => {}
     }
     if !nix::unistd::geteuid().is_root() || !Path::new("/sys/kernel/btf/vmlinux").exists() {
         eprintln!("redirect_hooks: needs root and kernel BTF; skipped");
@@ -86,6 +90,20 @@ fn main() {
         }
     }
 
+    // connect4 alone, end to end: connect() to an unrelated destination in a network namespace without routes
+    // fails right after the hook, before any packet, so the hook is a large part of the syscall.
+    move_self(&own_cgroup);
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(std::env::current_exe().unwrap())
+        .env(ROLE_ENV, "unreachable")
+        .env("GPA_BENCH_OWN_CGROUP", &own_cgroup)
+        .env("GPA_BENCH_CGROUP", &bench_cgroup)
+        .output()
+        .unwrap();
+    let unreachable = String::from_utf8_lossy(&out.stdout).into_owned();
+    move_self(&bench_cgroup);
+
     // In-kernel cost: the programs' own run time per connect (BPF_STATS_RUN_TIME), which the end-to-end numbers
     // above cannot resolve on a busy machine.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
@@ -110,6 +128,7 @@ fn main() {
     report("unrelated listener", out_unrelated, in_unrelated);
     report("proxy listener, direct", out_proxy, in_proxy);
     report("intercepted endpoint -> proxy", out_proxy, intercepted);
+    print!("{unreachable}");
     println!(
         "programs' own run time per connect (BPF_STATS_RUN_TIME, {} connects each):",
         BATCH * STATS_BATCHES
@@ -130,21 +149,41 @@ const STATS_BATCHES: u32 = 5;
 
 /// Nanoseconds the programs ran, and how many times, per connect to `target` (the caller is in the cgroup).
 fn hook_cost(program_ids: &[u32], target: SocketAddr) -> (f64, f64) {
-    let totals = || {
-        aya::programs::loaded_programs()
+    let per_program = || -> Vec<(String, u128, u64)> {
+        let mut v: Vec<_> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .filter(|p| program_ids.contains(&p.id()))
-            .fold((0u128, 0u64), |(t, n), p| {
-                (t + p.run_time().as_nanos(), n + p.run_count())
+            .map(|p| {
+                (
+                    p.name_as_str().unwrap_or("?").to_owned(),
+                    p.run_time().as_nanos(),
+                    p.run_count(),
+                )
             })
+            .collect();
+        v.sort();
+        v
     };
-    let (t0, n0) = totals();
+    let before = per_program();
     for _ in 0..STATS_BATCHES {
         time_connects(target);
     }
-    let (t1, n1) = totals();
-    let connects = f64::from(BATCH * STATS_BATCHES + WARMUP * STATS_BATCHES);
-    ((t1 - t0) as f64 / connects, (n1 - n0) as f64 / connects)
+    let after = per_program();
+    let connects = f64::from((BATCH + WARMUP) * STATS_BATCHES);
+    let (mut time, mut runs) = (0u128, 0u64);
+    for ((name, t0, n0), (_, t1, n1)) in before.iter().zip(&after) {
+        let (dt, dn) = (t1 - t0, n1 - n0);
+        if dn > 0 {
+            let per_run = dt as f64 / dn as f64;
+            println!(
+                "    {target} {name:<14} {:>4.1} runs/connect {per_run:>5.0} ns/run",
+                dn as f64 / connects
+            );
+        }
+        time += dt;
+        runs += dn;
+    }
+    (time as f64 / connects, runs as f64 / connects)
 }
 
 fn report(what: &str, without: f64, with: f64) {
@@ -211,6 +250,48 @@ fn time_connects(target: SocketAddr) -> f64 {
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// Inside `unshare --net` (loopback down, no routes): alternately outside and inside the bench cgroup, times
+/// `connect()` of one TCP socket to an unrelated loopback address, which fails with ENETUNREACH after the
+/// connect4 hook and before any packet is built.
+fn unreachable_connects() {
+    const CALLS: u32 = 100_000;
+    let own = PathBuf::from(std::env::var("GPA_BENCH_OWN_CGROUP").unwrap());
+    let bench = PathBuf::from(std::env::var("GPA_BENCH_CGROUP").unwrap());
+    let target = SockaddrIn::new(127, 0, 0, 1, 9);
+    let mut samples: [Vec<f64>; 2] = Default::default();
+    for _ in 0..ROUNDS {
+        for (slot, cgroup) in [(0, &own), (1, &bench)] {
+            move_self(cgroup);
+            // A socket belongs to the cgroup of its creator at creation: make one on each side.
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap();
+            let call = || {
+                let err = connect(fd.as_raw_fd(), &target).unwrap_err();
+                assert_eq!(
+                    err,
+                    nix::Error::ENETUNREACH,
+                    "expected no route in a fresh network namespace"
+                );
+            };
+            (0..CALLS / 10).for_each(|_| call());
+            let start = Instant::now();
+            (0..CALLS).for_each(|_| call());
+            samples[slot].push(start.elapsed().as_nanos() as f64 / f64::from(CALLS));
+        }
+    }
+    move_self(&own);
+    let [without, with] = samples.map(|mut s| median(&mut s));
+    println!(
+        "connect() failing after the hook (no route), median of {ROUNDS} rounds x {CALLS} (ns per call):"
+    );
+    report("unrelated, connect4 only", without, with);
 }
 
 /// The agent stand-in: attaches the redirector to the bench cgroup and holds it until stdin closes.

@@ -66,6 +66,17 @@ struct {
 	__type(value, struct addr_port);
 } policy SEC(".maps");
 
+/* Slot 0: a one-word Bloom filter of the addresses in `policy` (FILTER_* in shared.h). A connect whose address bit
+ * is clear cannot be in the policy and skips the hash lookup. Written by the agent, always a superset of the
+ * policy's addresses (bits set before entries are inserted, cleared after they are deleted); read by
+ * connect4/connect6. An aligned 64-bit word is read whole, never torn. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} policy_filter SEC(".maps");
+
 /* Agent tgid -> its start time in clock ticks (/proc/<pid>/stat field 22). Written by the agent before any hook
  * attaches; read by connect4/connect6. The start time keeps a reused pid from inheriting the exemption. */
 struct {
@@ -145,6 +156,16 @@ static __always_inline int addr_equal(const struct addr_port *a, const struct ad
 	       a->ip6_be[3] == b->ip6_be[3] && a->port_be == b->port_be;
 }
 
+/* Whether `addr` may be in the policy: false means certainly not. A missing filter says "maybe". */
+static __always_inline int may_be_in_policy(const struct addr_port *addr)
+{
+	__u32 fold = addr->ip6_be[0] ^ addr->ip6_be[1] ^ addr->ip6_be[2] ^ addr->ip6_be[3];
+	__u32 zero = 0;
+	__u64 *bits = bpf_map_lookup_elem(&policy_filter, &zero);
+
+	return !bits || (*bits >> ((fold * FILTER_MULTIPLIER) >> FILTER_SHIFT)) & 1;
+}
+
 static __always_inline __u64 leader_start_boottime(struct task_struct___gpa *task)
 {
 	return BPF_CORE_READ(task, group_leader, start_boottime);
@@ -207,10 +228,13 @@ static __always_inline const struct addr_port *redirect_connect(struct bpf_sock_
 
 	if (ctx->type != SOCK_STREAM)
 		return 0; /* UDP and raw sockets are not intercepted (spec §7.1) */
-	count(COUNTER_CONNECT_SEEN);
+	/* The hot path: every other connect of the machine ends here, uncounted, most after one inlined load. */
+	if (!may_be_in_policy(dst))
+		return 0;
 	listener = bpf_map_lookup_elem(&policy, dst);
 	if (!listener)
 		return 0;
+	count(COUNTER_CONNECT_SEEN);
 	pid_tgid = bpf_get_current_pid_tgid();
 	if (caller_is_agent(pid_tgid >> 32)) {
 		count(COUNTER_SKIPPED);

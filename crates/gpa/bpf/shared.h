@@ -14,12 +14,17 @@
 #define SKIP_MAX_ENTRIES 16       /* agent processes exempt from redirection (spec §7.2): one in practice */
 #define PUBLISH_MAX_ENTRIES 65536 /* in-flight redirected connects awaiting the agent (spec §7.3: >= 65,536) */
 
+/* The policy filter: bit ((fold of the address's four words) * FILTER_MULTIPLIER) >> FILTER_SHIFT of one 64-bit
+ * word is set for every address in the policy map. */
+#define FILTER_MULTIPLIER 0x9e3779b1u /* 2^32 / golden ratio */
+#define FILTER_SHIFT 26              /* keeps the top 6 bits: 0..63 */
+
 #define COMM_LEN 16 /* TASK_COMM_LEN */
 #define USER_HZ 100 /* clock ticks of /proc/<pid>/stat field 22 (x86_64, arm64) */
 
 /* Indices of the per-CPU `counters` array. */
 enum counter {
-	COUNTER_CONNECT_SEEN = 0,  /* TCP connect4/connect6 calls examined */
+	COUNTER_CONNECT_SEEN = 0,  /* TCP connects to a policy endpoint (redirected or skipped) */
 	COUNTER_REDIRECTED = 1,    /* destinations rewritten to the listener */
 	COUNTER_SKIPPED = 2,       /* policy matched but the caller is the agent (skip map) */
 	COUNTER_STORAGE_FAILED = 3,/* redirected, but no socket storage for the record: the proxy answers 421 */

@@ -10,13 +10,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// Name of each map in the object, as `SEC(".maps")` declares it.
 pub mod map_name {
     pub const POLICY: &str = "policy";
+    pub const POLICY_FILTER: &str = "policy_filter";
     pub const SKIP: &str = "skip";
     pub const RECORDS: &str = "records";
     pub const PUBLISHED: &str = "published";
     pub const META: &str = "meta";
     pub const COUNTERS: &str = "counters";
     /// Every map, in the order a restarted agent opens them: the skip map first (spec §7.5).
-    pub const ALL: [&str; 6] = [SKIP, POLICY, RECORDS, PUBLISHED, META, COUNTERS];
+    pub const ALL: [&str; 7] = [
+        SKIP,
+        POLICY,
+        POLICY_FILTER,
+        RECORDS,
+        PUBLISHED,
+        META,
+        COUNTERS,
+    ];
 }
 
 /// `POLICY_MAX_ENTRIES`: endpoints that can be intercepted at once (3 in production, spec §1.1).
@@ -26,6 +35,9 @@ pub const SKIP_MAX_ENTRIES: u32 = 16;
 /// `PUBLISH_MAX_ENTRIES`: in-flight redirected connects awaiting the agent (spec §7.3 requires ≥ 65,536;
 /// catalog C8: beyond it a connect goes unrecorded, nothing is evicted).
 pub const PUBLISH_MAX_ENTRIES: u32 = 65_536;
+/// `FILTER_MULTIPLIER` and `FILTER_SHIFT`: which bit of the policy filter word stands for an address.
+pub const FILTER_MULTIPLIER: u32 = 0x9e37_79b1;
+pub const FILTER_SHIFT: u32 = 26;
 /// `COMM_LEN`: bytes of a task's `comm`, NUL included.
 pub const COMM_LEN: usize = 16;
 /// `USER_HZ`: clock ticks per second of `/proc/<pid>/stat` field 22, which the skip map stores.
@@ -104,6 +116,15 @@ unsafe impl aya::Pod for AddrPort {}
 // SAFETY: as for `AddrPort`: `repr(C)`, integers and byte arrays only, explicit padding, size asserted.
 unsafe impl aya::Pod for ConnRecord {}
 
+impl AddrPort {
+    /// This address's bit in the policy filter word, computed as the kernel programs do: the four address words
+    /// (as loaded from memory) folded by XOR, multiplied, top 6 bits.
+    pub fn filter_bit(&self) -> u64 {
+        let fold = self.ip6_be.iter().fold(0u32, |acc, w| acc ^ w);
+        1u64 << (fold.wrapping_mul(FILTER_MULTIPLIER) >> FILTER_SHIFT)
+    }
+}
+
 /// The `::ffff:0:0/96` prefix of IPv4-mapped addresses, as the third `u32`.
 const V4_MAPPED_WORD: [u8; 4] = [0, 0, 0xff, 0xff];
 
@@ -163,6 +184,23 @@ mod tests {
         assert_eq!(key.ip6_be[3].to_ne_bytes(), [127, 0, 0, 16]);
         assert_eq!(key.port_be.to_ne_bytes(), [0x1f, 0x90]);
         assert_eq!(SocketAddr::from(key), v4);
+    }
+
+    #[test]
+    fn filter_bits_depend_on_the_address_only() {
+        let a = AddrPort::from("127.0.0.16:80".parse::<SocketAddr>().unwrap());
+        let same_ip = AddrPort::from("[::ffff:127.0.0.16]:32526".parse::<SocketAddr>().unwrap());
+        assert_eq!(a.filter_bit(), same_ip.filter_bit());
+        assert_eq!(a.filter_bit().count_ones(), 1);
+        // The fold of ::ffff:169.254.169.254 (x86_64 words) fixes the bit both sides must agree on.
+        let imds = AddrPort::from("169.254.169.254:80".parse::<SocketAddr>().unwrap());
+        let fold = 0xffff_0000u32 ^ u32::from_le_bytes([169, 254, 169, 254]);
+        if cfg!(target_endian = "little") {
+            assert_eq!(
+                imds.filter_bit(),
+                1 << (fold.wrapping_mul(0x9e37_79b1) >> 26)
+            );
+        }
     }
 
     #[test]

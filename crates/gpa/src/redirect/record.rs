@@ -49,7 +49,7 @@ pub struct ExeId {
 /// The redirector's kernel-side counters, summed over CPUs (spec §7.3: overflows must be visible).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// TCP connects examined by connect4/connect6.
+    /// TCP connects to a policy endpoint (redirected or skipped); other connects are not counted (hot path).
     pub connects_seen: u64,
     /// Connects rewritten to the listener.
     pub redirected: u64,

@@ -12,11 +12,17 @@ use crate::redirect::{Counters, RedirectError};
 
 /// The maps the agent reads or writes; `records` (socket storage) is the kernel's alone.
 pub(super) struct Maps {
-    policy: Mutex<HashMap<MapData, AddrPort, AddrPort>>,
+    policy: Mutex<Policy>,
     skip: Mutex<HashMap<MapData, u32, u64>>,
     published: Mutex<HashMap<MapData, AddrPort, abi::ConnRecord>>,
     meta: Mutex<Array<MapData, u64>>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+/// The policy and its filter word, changed together under one lock.
+struct Policy {
+    entries: HashMap<MapData, AddrPort, AddrPort>,
+    filter: Array<MapData, u64>,
 }
 
 /// The agent's own process, exempt from redirection (spec §7.2).
@@ -71,7 +77,10 @@ impl Maps {
         let skip = typed(map_name::SKIP, get(map_name::SKIP)?)?;
         Ok(Maps {
             skip: Mutex::new(skip),
-            policy: Mutex::new(typed(map_name::POLICY, get(map_name::POLICY)?)?),
+            policy: Mutex::new(Policy {
+                entries: typed(map_name::POLICY, get(map_name::POLICY)?)?,
+                filter: typed(map_name::POLICY_FILTER, get(map_name::POLICY_FILTER)?)?,
+            }),
             published: Mutex::new(typed(map_name::PUBLISHED, get(map_name::PUBLISHED)?)?),
             meta: Mutex::new(typed(map_name::META, get(map_name::META)?)?),
             counters: typed(map_name::COUNTERS, get(map_name::COUNTERS)?)?,
@@ -108,30 +117,47 @@ impl Maps {
     }
 
     /// Makes the policy exactly `entries` (endpoint → listener): inserts first, then removes the rest, so an
-    /// endpoint that stays is never briefly missing (spec §7.4).
+    /// endpoint that stays is never briefly missing (spec §7.4). The filter word covers the old and the new
+    /// addresses until the stale entries are gone, so it never hides an entry from the kernel programs.
     pub(super) fn set_policy(&self, entries: &[(AddrPort, AddrPort)]) -> Result<(), RedirectError> {
         let mut policy = lock(&self.policy);
+        let filter_error = |operation| move |e| map_error(map_name::POLICY_FILTER, operation, e);
+        let old_bits = policy.filter.get(&0, 0).map_err(filter_error("lookup"))?;
+        let new_bits = entries
+            .iter()
+            .fold(0u64, |bits, (endpoint, _)| bits | endpoint.filter_bit());
+        policy
+            .filter
+            .set(0, old_bits | new_bits, 0)
+            .map_err(filter_error("update"))?;
         for (endpoint, listener) in entries {
             policy
+                .entries
                 .insert(endpoint, listener, 0)
                 .map_err(|e| map_error(map_name::POLICY, "insert", e))?;
         }
         let wanted: HashSet<AddrPort> = entries.iter().map(|(endpoint, _)| *endpoint).collect();
         let present: Vec<AddrPort> = policy
+            .entries
             .keys()
             .collect::<Result<_, _>>()
             .map_err(|e| map_error(map_name::POLICY, "iterate", e))?;
         for endpoint in present.into_iter().filter(|e| !wanted.contains(e)) {
             policy
+                .entries
                 .remove(&endpoint)
                 .map_err(|e| map_error(map_name::POLICY, "delete", e))?;
         }
-        Ok(())
+        policy
+            .filter
+            .set(0, new_bits, 0)
+            .map_err(filter_error("update"))
     }
 
     /// The current policy entries.
     pub(super) fn policy(&self) -> Result<Vec<(AddrPort, AddrPort)>, RedirectError> {
         lock(&self.policy)
+            .entries
             .iter()
             .collect::<Result<_, _>>()
             .map_err(|e| map_error(map_name::POLICY, "iterate", e))
