@@ -9,10 +9,10 @@
  *   sockops (STATE_CB, TCP_CLOSE)      remove an untaken record when its socket closes (§7.3)
  *   cgroup/getpeername4, getpeername6  show the client its original destination (§7.2)
  *
- * Every program returns 1 ("proceed"): the redirector never refuses a connect, so a failure here fails open for
- * that connect, toward the proxy, which refuses unrecorded connections with 421 (spec §8.2).
- * This program must never redirect UDP or raw sockets, never record a connect it did not rewrite, and never let a
- * record outlive its socket.
+ * Every program returns 1 ("proceed"): the redirector never refuses a connect. A matched connect it cannot record
+ * is still redirected, and the proxy refuses it with 421 (fail closed, spec §8.2); an unmatched one goes where it
+ * was going. This program must never redirect UDP or raw sockets, never record a connect it did not rewrite, and
+ * never let a record outlive its socket.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -21,6 +21,7 @@
 
 #include "shared.h"
 
+/* GPL-compatible: bpf_get_current_task and bpf_probe_read_kernel are GPL-only helpers. */
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* ===== constants ===== */
@@ -30,6 +31,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define AF_INET6 10
 #define SOCK_STREAM 1
 #define NSEC_PER_USER_HZ (1000000000ULL / USER_HZ)
+#define SINGLE_SLOT 1 /* max_entries of maps that hold one value, at key 0 */
 
 /* ===== kernel types read with CO-RE (relocated against the running kernel's BTF at load) ===== */
 
@@ -72,7 +74,7 @@ struct {
  * connect4/connect6. An aligned 64-bit word is read whole, never torn. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, SINGLE_SLOT);
 	__type(key, __u32);
 	__type(value, __u64);
 } policy_filter SEC(".maps");
@@ -111,7 +113,7 @@ struct {
  * read by a restarted agent, which adopts pinned programs only when the fingerprint is its own (spec §7.5). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, SINGLE_SLOT);
 	__type(key, __u32);
 	__type(value, __u64);
 } meta SEC(".maps");
