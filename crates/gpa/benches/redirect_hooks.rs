@@ -8,6 +8,12 @@
 //! - intercepted: to a loopback endpoint in the policy, redirected to the proxy listener (record written,
 //!   published, released on close), against a plain connect to that listener from outside the cgroup.
 //!
+//! A loopback connect takes tens of microseconds, so those ratios cannot resolve the ≤ 100 ns target on a shared
+//! machine. Two finer measures follow: `connect()` of an unrelated destination inside a network namespace without
+//! routes (it fails with ENETUNREACH right after the connect4 hook, so the hook is a large part of each call),
+//! and the programs' own run time per connect from the kernel's `BPF_STATS_RUN_TIME` (which adds its own two
+//! clock reads to every run).
+//!
 //! Needs root; loopback only. Run with `cargo bench -p gpa --bench redirect_hooks`.
 #![cfg(target_os = "linux")]
 
