@@ -87,9 +87,14 @@ impl Redirector {
             });
         }
         let object = object::bytes(cfg.object_path.as_deref())?;
-        let fingerprint = object::fingerprint(&object);
+        let load = Load {
+            cgroup: &cgroup,
+            object: &object,
+            fingerprint: object::fingerprint(&object),
+            own,
+            publish_capacity,
+        };
         let pin_dir = PinDir::of(cgroup.id);
-
         let (maps, attachments, origin, pins) = match cfg.fail_mode {
             RedirectFailMode::Open => {
                 if pin_dir.exists() {
@@ -97,38 +102,12 @@ impl Redirector {
                     warn!(pin_dir = %pin_dir.path().display(), "removing pins of a previous closed-mode agent");
                     pin_dir.remove()?;
                 }
-                let (maps, attachments) =
-                    attach_fresh(&cgroup, &object, fingerprint, own, None, publish_capacity)?;
+                let (maps, attachments) = attach_fresh(&load, None)?;
                 (maps, attachments, Origin::Fresh, None)
             }
             RedirectFailMode::Closed => {
-                pin_dir.create()?;
-                match adopt(&pin_dir, fingerprint, own)? {
-                    Some((maps, attachments)) => {
-                        (maps, attachments, Origin::Adopted, Some(pin_dir))
-                    }
-                    None => {
-                        pin_dir.clear()?;
-                        match attach_fresh(
-                            &cgroup,
-                            &object,
-                            fingerprint,
-                            own,
-                            Some(&pin_dir),
-                            publish_capacity,
-                        ) {
-                            Ok((maps, attachments)) => {
-                                (maps, attachments, Origin::Fresh, Some(pin_dir))
-                            }
-                            Err(e) => {
-                                if let Err(cleanup) = pin_dir.remove() {
-                                    warn!(error = %cleanup, "could not remove pins of a failed start");
-                                }
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
+                let (maps, attachments, origin) = load.adopt_or_pin(&pin_dir)?;
+                (maps, attachments, origin, Some(pin_dir))
             }
         };
         let status = RedirectStatus {
@@ -298,15 +277,51 @@ fn own_process() -> Result<OwnProcess, RedirectError> {
     })
 }
 
-/// Loads the object, fills the skip map, then attaches every program (pinning it when `pins` is set).
-fn attach_fresh(
-    cgroup: &Cgroup,
-    object: &[u8],
+/// What a start needs to load or adopt the programs.
+struct Load<'a> {
+    cgroup: &'a Cgroup,
+    object: &'a [u8],
     fingerprint: u64,
     own: OwnProcess,
-    pins: Option<&PinDir>,
     publish_capacity: u32,
+}
+
+impl Load<'_> {
+    /// `closed` mode: adopts complete pins of this object, else replaces whatever is pinned with a fresh, pinned
+    /// copy. A failed fresh start removes its own pins.
+    fn adopt_or_pin(
+        &self,
+        pin_dir: &PinDir,
+    ) -> Result<(Maps, Vec<Attachment>, Origin), RedirectError> {
+        pin_dir.create()?;
+        if let Some((maps, attachments)) = adopt(pin_dir, self.fingerprint, self.own)? {
+            return Ok((maps, attachments, Origin::Adopted));
+        }
+        pin_dir.clear()?;
+        match attach_fresh(self, Some(pin_dir)) {
+            Ok((maps, attachments)) => Ok((maps, attachments, Origin::Fresh)),
+            Err(e) => {
+                if let Err(cleanup) = pin_dir.remove() {
+                    warn!(error = %cleanup, "could not remove pins of a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Loads the object, fills the skip map, then attaches every program (pinning it when `pins` is set).
+fn attach_fresh(
+    load: &Load<'_>,
+    pins: Option<&PinDir>,
 ) -> Result<(Maps, Vec<Attachment>), RedirectError> {
+    let Load {
+        cgroup,
+        object,
+        fingerprint,
+        own,
+        publish_capacity,
+    } = *load;
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
     loader.map_max_entries(map_name::PUBLISHED, publish_capacity);
