@@ -41,7 +41,9 @@ impl fmt::Display for Endpoint {
 
 /// How an endpoint is protected (spec §2.6, §4.6). The single source of truth for the state string,
 /// redirection and authorization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Not redirected, rules not evaluated, host accepts unsigned requests.
