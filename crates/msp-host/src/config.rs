@@ -127,7 +127,7 @@ impl HostConfig {
             hostga_listen: addr(DEV_HOSTGA),
             imds_listen: addr(DEV_IMDS),
             admin_listen: addr(DEV_ADMIN),
-            store_path: dir.join("msp-host.db"),
+            store_path: dir.join("store").join("msp-host.db"),
             vms: vec![VmConfig {
                 name: DEV_VM.to_owned(),
                 addresses: vec![

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use msp_core::Reason;
 use msp_core::sign::{DATE_HEADER, KeyGuid, SCHEME, format_host_date};
+use msp_core::status::{AggregateStatus, OverallState};
+use msp_core::wire::{Key, SecretString};
 use serde_json::Value;
 
 use super::response::{self, Resp};
@@ -31,17 +33,6 @@ const VERSIONS_XML: &str = concat!(
     "<Version>2011-10-15</Version><Version>2011-08-31</Version><Version>2011-04-07</Version>",
     "<Version>2010-12-15</Version><Version>2010-28-10</Version></Supported></Versions>\n"
 );
-
-/// The `Key` answer to an acquire call (spec §2.7). Interim mirror of `msp_core::wire::Key`.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeyDoc<'a> {
-    authorization_scheme: &'static str,
-    guid: &'a str,
-    incarnation_id: u32,
-    issued: String,
-    key: &'a str,
-}
 
 /// Handles the secure-channel API; `None` when the request is something else.
 pub(super) async fn secure_channel(
@@ -83,6 +74,7 @@ fn status(shared: &Shared, vm: &Vm) -> Resp {
 
 /// `POST /secure-channel/key`: a new pending key, or 409 `KEY_LATCHED` (spec §12.2).
 fn acquire(shared: &Shared, vm: &Vm, body: &[u8], audit: &mut AuditRecord) -> Resp {
+    // The agent sends exactly `KEY_REQUEST_BODY`; any JSON naming the one scheme is accepted.
     #[derive(serde::Deserialize)]
     struct KeyRequest {
         #[serde(rename = "authorizationScheme")]
@@ -97,13 +89,12 @@ fn acquire(shared: &Shared, vm: &Vm, body: &[u8], audit: &mut AuditRecord) -> Re
         Ok(key) => {
             audit.decision = Decision::Allowed;
             audit.key_guid = Some(key.guid.as_str().to_owned());
-            let hex = key.key.to_hex();
-            let doc = KeyDoc {
-                authorization_scheme: SCHEME,
-                guid: key.guid.as_str(),
-                incarnation_id: key.incarnation,
+            let doc = Key {
+                authorization_scheme: SCHEME.to_owned(),
+                guid: key.guid.as_str().to_owned(),
+                key: SecretString::new(key.key.to_hex().to_string()),
                 issued: iso8601(key.issued),
-                key: &hex,
+                incarnation_id: Some(key.incarnation),
             };
             // The answer carries the key: build it in a zeroizing buffer.
             let bytes = zeroize::Zeroizing::new(
@@ -217,18 +208,19 @@ pub(super) async fn serve(call: Call<'_>) -> Resp {
 
 /// `PUT /machine?comp=proxyagentstatus` (spec §9.3): keep the document as the VM's instance view.
 async fn report(call: &Call<'_>) -> Resp {
-    let document: Value = match serde_json::from_slice(&call.body) {
-        Ok(v) => v,
-        Err(_) => return response::refuse(Reason::BadRequest),
-    };
-    let Some(overall) = document
-        .get("proxyAgentStatus")
-        .and_then(|s| s.get("status"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
+    // The document must be an aggregate status (spec §9.2); it is kept as received.
+    let Ok(status) = serde_json::from_slice::<AggregateStatus>(&call.body) else {
         return response::refuse(Reason::BadRequest);
     };
+    let Ok(document) = serde_json::from_slice::<Value>(&call.body) else {
+        return response::refuse(Reason::BadRequest);
+    };
+    let overall = match status.proxy_agent_status.status {
+        OverallState::Success => "SUCCESS",
+        OverallState::Error => "ERROR",
+        OverallState::Unknown => "UNKNOWN",
+    }
+    .to_owned();
     let signed_by = call.verified.map(|v| v.key_guid.as_str().to_owned());
     match call
         .shared

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use msp_core::wire::{AuthorizationRules, KeyStatus};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::keys::KeyState;
 use super::profile::Profile;
@@ -18,32 +19,6 @@ use msp_core::sign::SCHEME;
 /// The id of an item served when an endpoint has no profile: it admits every caller the agent admits.
 pub const DEFAULT_ITEM_ID: &str = "openmsp-default";
 
-/// Interim mirror of `msp_core::wire::KeyStatus` (same field names and shapes, spec §2.3); replaced by it when
-/// that type lands.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct KeyStatusDoc {
-    version: &'static str,
-    authorization_scheme: &'static str,
-    key_delivery_method: &'static str,
-    key_guid: Option<String>,
-    key_incarnation_id: Option<u32>,
-    required_claims_header_pairs: Option<Vec<&'static str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secure_channel_state: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secure_channel_enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    authorization_rules: Option<Option<Rules>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Rules {
-    imds: Value,
-    wireserver: Value,
-    hostga: Value,
-}
-
 /// Renders the status document. `profile` resolves a reference (latest version when none is given); a
 /// reference that no longer resolves is served as a deny-all item, never as allow-all.
 pub fn render(
@@ -51,34 +26,28 @@ pub fn render(
     keys: &KeyState,
     profile: impl Fn(&ProfileRef) -> Option<Arc<Profile>>,
 ) -> Vec<u8> {
-    let key_guid = keys.latched.as_ref().map(|k| k.guid.as_str().to_owned());
-    let mut doc = KeyStatusDoc {
-        version: "2.0",
-        authorization_scheme: SCHEME,
-        key_delivery_method: "http",
-        key_guid,
+    let mut doc = KeyStatus {
+        version: "2.0".to_owned(),
+        authorization_scheme: SCHEME.to_owned(),
+        key_delivery_method: "http".to_owned(),
+        key_guid: keys.latched.as_ref().map(|k| k.guid.as_str().to_owned()),
         key_incarnation_id: Some(keys.incarnation),
-        required_claims_header_pairs: Some(vec!["isRoot"]),
+        required_claims_header_pairs: Some(vec!["isRoot".to_owned()]),
         secure_channel_state: None,
         secure_channel_enabled: None,
         authorization_rules: None,
     };
     match settings.status_version {
         StatusVersion::V1 => {
-            doc.version = "1.0";
+            doc.version = "1.0".to_owned();
             // Validation keeps v1 settings expressible; a stale combination is served as the stricter state.
-            doc.secure_channel_state = Some(
-                v1_state(
-                    settings.enabled,
-                    settings.wire_server.mode,
-                    settings.imds.mode,
-                )
-                .unwrap_or("WireserverAndImds"),
-            );
+            let state = v1_state(settings.enabled, settings.wire_server.mode, settings.imds.mode)
+                .unwrap_or("WireserverAndImds");
+            doc.secure_channel_state = Some(state.to_owned());
         }
         StatusVersion::V2 => {
             doc.secure_channel_enabled = Some(settings.enabled);
-            doc.authorization_rules = Some(settings.enabled.then(|| {
+            if settings.enabled {
                 let ws_mode = settings.wire_server.mode;
                 let item = |r: &Option<ProfileRef>, mode: Mode| match r {
                     None => default_item(mode),
@@ -89,15 +58,19 @@ pub fn render(
                     Some(_) => item(&settings.host_ga.profile, ws_mode),
                     None => wireserver.clone(),
                 };
-                Rules {
-                    imds: item(&settings.imds.profile, settings.imds.mode),
-                    wireserver,
-                    hostga,
-                }
-            }));
+                doc.authorization_rules = Some(AuthorizationRules {
+                    imds: raw(&item(&settings.imds.profile, settings.imds.mode)),
+                    wireserver: raw(&wireserver),
+                    hostga: raw(&hostga),
+                });
+            }
         }
     }
     serde_json::to_vec(&doc).unwrap_or_else(|_| unreachable!("plain structs always serialise"))
+}
+
+fn raw(v: &Value) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(v).ok()
 }
 
 fn default_item(mode: Mode) -> Value {
@@ -116,6 +89,20 @@ mod tests {
 
     fn parse(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_agent_parser_accepts_every_shape() {
+        for (version, enabled) in [(StatusVersion::V1, true), (StatusVersion::V2, true), (StatusVersion::V2, false)] {
+            let s = ProxyAgentSettings {
+                status_version: version,
+                enabled,
+                ..Default::default()
+            };
+            let bytes = render(&s, &KeyState::new(1, None), |_| None);
+            let parsed = KeyStatus::parse(&bytes).unwrap();
+            parsed.validate().unwrap();
+        }
     }
 
     #[test]
@@ -144,7 +131,7 @@ mod tests {
         };
         let doc = parse(&render(&s, &KeyState::new(1, None), |_| None));
         assert_eq!(doc["secureChannelEnabled"], false);
-        assert!(doc["authorizationRules"].is_null());
+        assert!(doc.get("authorizationRules").is_none_or(Value::is_null));
         assert!(doc["keyGuid"].is_null());
     }
 
