@@ -200,6 +200,8 @@ pub(super) async fn serve(call: Call<'_>) -> Resp {
             response::text(StatusCode::OK, "")
         }
         (&Method::PUT, "/vmagentlog", None) => response::text(StatusCode::OK, ""),
+        // Health reports of the guest agent: accepted, not kept.
+        (&Method::POST, "/machine", Some("health")) => response::text(StatusCode::OK, ""),
         (&Method::PUT, "/machine", Some("proxyagentstatus")) => report(&call).await,
         (&Method::GET, "/health", None) => response::text(StatusCode::OK, "OK"),
         _ => response::refuse(Reason::NotFound),
