@@ -101,7 +101,9 @@ pub(super) fn serve(call: Call<'_>) -> Resp {
         return token(&call);
     }
     let doc = instance(&call);
-    let sub = path.trim_start_matches("/metadata/instance");
+    // Sub-paths name document keys, which are case-sensitive (`compute/vmId`).
+    let original = call.uri.path();
+    let sub = original.get("/metadata/instance".len()..).unwrap_or_default();
     let node = sub
         .split('/')
         .filter(|s| !s.is_empty())
