@@ -76,6 +76,17 @@ impl FromStr for Cidr {
                 prefix,
             });
         }
+        // Keep the network address only, so `10.0.0.7/24` and `10.0.0.0/24` are one block.
+        let network = match network {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        };
         Ok(Cidr { network, prefix })
     }
 }

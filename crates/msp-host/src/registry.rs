@@ -82,16 +82,15 @@ impl State {
             .values()
             .flat_map(|vm| vm.addresses.iter().map(|c| (*c, vm.name.clone())))
             .collect();
-        routes.sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then_with(|| a.1.cmp(&b.1)));
-        for pair in routes.windows(2) {
-            if let [(c1, v1), (c2, v2)] = pair {
-                if c1 == c2 {
-                    return Err(ChangeError::Conflict(format!(
-                        "address {c1} is claimed by VM {v1:?} and VM {v2:?}"
-                    )));
-                }
+        let mut claimed: HashMap<Cidr, &str> = HashMap::new();
+        for (c, vm) in &routes {
+            if let Some(other) = claimed.insert(*c, vm) {
+                return Err(ChangeError::Conflict(format!(
+                    "address {c} is claimed by VM {other:?} and VM {vm:?}"
+                )));
             }
         }
+        routes.sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then_with(|| a.1.cmp(&b.1)));
         self.routes = routes;
         Ok(())
     }
