@@ -2,7 +2,7 @@
 //! loopback-only port behind a bearer token (axum).
 //!
 //! Routes (all JSON, all under `/v1`, all need `Authorization: Bearer <token>`):
-//! `GET /vms`, `GET|PUT /vms/{name}`, `PUT /vms/{name}/settings`, `POST /vms/{name}/reset-key`,
+//! `GET /vms`, `GET|PUT /vms/{name}`, `PUT /vms/{name}/settings`, `POST /vms/{name}/reset-key`, `GET /vms/{name}/telemetry`,
 //! `PUT|GET /profiles/{name}`, `GET /profiles/{name}/versions/{version}`, `GET /audit?vm&endpoint&decision&
 //! reason&sinceMs&untilMs&limit`. Invalid documents get 400 with `errors: [{field, message}]`. This module
 //! must never return key bytes and never log the token.
@@ -130,6 +130,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/v1/vms/{name}", get(get_vm).put(put_vm))
         .route("/v1/vms/{name}/settings", put(put_settings))
         .route("/v1/vms/{name}/reset-key", post(reset_key))
+        .route("/v1/vms/{name}/telemetry", get(telemetry))
         .route("/v1/profiles/{name}", get(get_profile).put(put_profile))
         .route(
             "/v1/profiles/{name}/versions/{version}",
@@ -226,6 +227,17 @@ async fn put_settings(
 async fn reset_key(State(s): State<AdminState>, Path(name): Path<String>) -> AdminResult {
     let incarnation = s.registry.reset_key(&name).await?;
     ok_json(json!({ "keyIncarnationId": incarnation }))
+}
+
+async fn telemetry(State(s): State<AdminState>, Path(name): Path<String>) -> AdminResult {
+    if s.registry.vm(&name).is_none() {
+        return Err(AdminFailure::NotFound(format!("VM {name:?} not found")));
+    }
+    let count = s.registry.store().telemetry_count(&name).await.map_err(|e| {
+        tracing::error!(error = %e, "telemetry count failed");
+        AdminFailure::Internal("the store failed; see the host log".into())
+    })?;
+    ok_json(json!({ "vm": name, "storedPayloads": count }))
 }
 
 async fn put_profile(
