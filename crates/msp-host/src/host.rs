@@ -221,10 +221,10 @@ impl RunningHost {
 
     /// Waits until everything queued for the store (audit records included) is written.
     pub async fn flush(&self) {
-        if let Some(r) = &self.registry {
-            if let Err(e) = r.store().flush().await {
-                tracing::warn!(error = %e, "store flush failed");
-            }
+        if let Some(r) = &self.registry
+            && let Err(e) = r.store().flush().await
+        {
+            tracing::warn!(error = %e, "store flush failed");
         }
     }
 

@@ -404,13 +404,13 @@ impl Registry {
         let current = self.vm(name);
         let next = match &current {
             Some(c) => {
-                if let Some(s) = &settings {
-                    if s.key_incarnation_id != c.settings.key_incarnation_id {
-                        return Err(ChangeError::field(
-                            "proxyAgentSettings.keyIncarnationId",
-                            "change it through the settings or reset-key",
-                        ));
-                    }
+                if let Some(s) = &settings
+                    && s.key_incarnation_id != c.settings.key_incarnation_id
+                {
+                    return Err(ChangeError::field(
+                        "proxyAgentSettings.keyIncarnationId",
+                        "change it through the settings or reset-key",
+                    ));
                 }
                 Vm {
                     addresses,

@@ -39,8 +39,10 @@ fn cases() -> Vec<Case> {
             reason: Reason::AuthMalformed,
             build: |a, r| {
                 let sig = "zz".repeat(32);
-                r.agent_headers(true, SystemTime::now())
-                    .header(AUTHORIZATION_HEADER, &format!("Azure-HMAC-SHA256 {} {sig}", a.guid))
+                r.agent_headers(true, SystemTime::now()).header(
+                    AUTHORIZATION_HEADER,
+                    &format!("Azure-HMAC-SHA256 {} {sig}", a.guid),
+                )
             },
         },
         Case {
@@ -64,12 +66,24 @@ fn cases() -> Vec<Case> {
         Case {
             name: "date 301 s old",
             reason: Reason::DateSkew,
-            build: |a, r| a.sign_at(r, true, SystemTime::now() - std::time::Duration::from_secs(301)),
+            build: |a, r| {
+                a.sign_at(
+                    r,
+                    true,
+                    SystemTime::now() - std::time::Duration::from_secs(301),
+                )
+            },
         },
         Case {
             name: "date 301 s ahead",
             reason: Reason::DateSkew,
-            build: |a, r| a.sign_at(r, true, SystemTime::now() + std::time::Duration::from_secs(302)),
+            build: |a, r| {
+                a.sign_at(
+                    r,
+                    true,
+                    SystemTime::now() + std::time::Duration::from_secs(302),
+                )
+            },
         },
         Case {
             name: "claims not a string",
@@ -107,7 +121,10 @@ fn request_for(host: &RunningHost, e: Endpoint) -> Request {
 
 async fn set_modes(host: &RunningHost, mode: Mode) {
     let admin = host.admin();
-    admin.set_mode(VM_A, Endpoint::WireServer, mode).await.unwrap();
+    admin
+        .set_mode(VM_A, Endpoint::WireServer, mode)
+        .await
+        .unwrap();
     admin.set_mode(VM_A, Endpoint::Imds, mode).await.unwrap();
 }
 
@@ -123,8 +140,16 @@ async fn run_matrix(mode: Mode) {
         let ok = send(addr, ip_a(), &agent.sign(request_for(&host, e), true)).await;
         assert_eq!(ok.status, 200, "{mode} {e} valid: {}", ok.text());
         let rec = last_audit(&host, VM_A, ep).await;
-        let expect = if mode == Mode::Disabled { Decision::Unchecked } else { Decision::Allowed };
-        assert_eq!((rec.decision, rec.reason.as_deref()), (expect, None), "{mode} {e}");
+        let expect = if mode == Mode::Disabled {
+            Decision::Unchecked
+        } else {
+            Decision::Allowed
+        };
+        assert_eq!(
+            (rec.decision, rec.reason.as_deref()),
+            (expect, None),
+            "{mode} {e}"
+        );
 
         let mut all = cases();
         if e.elevated_only() {
@@ -144,7 +169,11 @@ async fn run_matrix(mode: Mode) {
                     assert_eq!(r.status, case.reason.status(), "{what}");
                     assert_eq!(r.header("x-msp-reason"), Some(case.reason.code()), "{what}");
                     assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
-                    assert_eq!(r.text(), format!("{{\"error\": \"{}\"}}", case.reason.code()), "{what}");
+                    assert_eq!(
+                        r.text(),
+                        format!("{{\"error\": \"{}\"}}", case.reason.code()),
+                        "{what}"
+                    );
                     assert_eq!(rec.decision, Decision::Rejected, "{what}");
                     assert_eq!(rec.reason.as_deref(), Some(case.reason.code()), "{what}");
                 }
@@ -187,16 +216,35 @@ async fn conf_097_b2_enforce_without_agent_refuses_all_but_exempt_and_secure_cha
     let host = start(dir.path()).await;
     // No key was ever latched: nothing signed can exist.
     let unsigned = [
-        (host.wireserver, Request::new("GET", "/machine?comp=goalstate")),
+        (
+            host.wireserver,
+            Request::new("GET", "/machine?comp=goalstate"),
+        ),
         (host.wireserver, Request::new("GET", "/?comp=versions")),
-        (host.wireserver, Request::new("PUT", "/machine?comp=proxyagentstatus").body("{}")),
-        (host.wireserver, Request::new("POST", "/machine/?comp=telemetrydata&x=1").body("<x/>")),
+        (
+            host.wireserver,
+            Request::new("PUT", "/machine?comp=proxyagentstatus").body("{}"),
+        ),
+        (
+            host.wireserver,
+            Request::new("POST", "/machine/?comp=telemetrydata&x=1").body("<x/>"),
+        ),
         (host.wireserver, Request::new("GET", "/no/such/path")),
         (host.hostga, Request::new("GET", "/health")),
         (host.hostga, Request::new("GET", "/vmSettings")),
-        (host.imds, Request::new("GET", "/metadata/instance?api-version=2021-02-01").header("Metadata", "true")),
+        (
+            host.imds,
+            Request::new("GET", "/metadata/instance?api-version=2021-02-01")
+                .header("Metadata", "true"),
+        ),
         (host.imds, Request::new("GET", "/metadata/versions")),
-        (host.imds, Request::new("GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x")),
+        (
+            host.imds,
+            Request::new(
+                "GET",
+                "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=x",
+            ),
+        ),
     ];
     for (addr, req) in unsigned {
         for ip in [ip_a(), "127.0.0.1".parse().unwrap()] {
@@ -235,10 +283,23 @@ async fn b8_date_window_edges_299_ok_301_refused() {
     let host = start(dir.path()).await;
     let agent = latch(&host, ip_a()).await;
     let at = |secs_ago: u64| SystemTime::now() - std::time::Duration::from_secs(secs_ago);
-    let r = send(host.imds, ip_a(), &agent.sign_at(imds_request(&host), false, at(298))).await;
+    let r = send(
+        host.imds,
+        ip_a(),
+        &agent.sign_at(imds_request(&host), false, at(298)),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = send(host.imds, ip_a(), &agent.sign_at(imds_request(&host), false, at(302))).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (401, Some("DATE_SKEW")));
+    let r = send(
+        host.imds,
+        ip_a(),
+        &agent.sign_at(imds_request(&host), false, at(302)),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (401, Some("DATE_SKEW"))
+    );
     host.shutdown().await;
 }
 
@@ -259,12 +320,23 @@ async fn signature_covers_received_bytes_duplicates_last_wins_order_free() {
     assert_eq!(r.status, 200, "{}", r.text());
     // Changing which duplicate comes last changes the input.
     let mut swapped = signed.clone();
-    let first = swapped.headers.iter().position(|(n, _)| n == "X-Dup").unwrap();
+    let first = swapped
+        .headers
+        .iter()
+        .position(|(n, _)| n == "X-Dup")
+        .unwrap();
     swapped.headers[first].1 = "second".into();
-    let second = swapped.headers.iter().rposition(|(n, _)| n == "X-Dup").unwrap();
+    let second = swapped
+        .headers
+        .iter()
+        .rposition(|(n, _)| n == "X-Dup")
+        .unwrap();
     swapped.headers[second].1 = "first".into();
     let r = send(host.wireserver, ip_a(), &swapped).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (401, Some("SIG_MISMATCH")));
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (401, Some("SIG_MISMATCH"))
+    );
     // A different body fails.
     let mut body = signed.clone();
     body.body = b"<xml>ho</x>".to_vec();

@@ -13,7 +13,10 @@ async fn unsigned_in_enforce_is_401_whatever_else_is_wrong() {
     let _ = latch(&host, ip_a()).await;
     let bad = Request::new("GET", "/metadata/instance").header("X-Forwarded-For", "10.0.0.1");
     let r = send(host.imds, ip_a(), &bad).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (401, Some("AUTH_MISSING")));
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (401, Some("AUTH_MISSING"))
+    );
     host.shutdown().await;
 }
 
@@ -23,9 +26,14 @@ async fn signed_requests_get_the_imds_rules() {
     let host = start(dir.path()).await;
     let agent = latch(&host, ip_a()).await;
     let cases = [
-        (Request::new("GET", "/metadata/instance?api-version=2021-02-01"), 400, Some("METADATA_HEADER_REQUIRED")),
         (
-            Request::new("GET", "/metadata/instance?api-version=2021-02-01").header("Metadata", "false"),
+            Request::new("GET", "/metadata/instance?api-version=2021-02-01"),
+            400,
+            Some("METADATA_HEADER_REQUIRED"),
+        ),
+        (
+            Request::new("GET", "/metadata/instance?api-version=2021-02-01")
+                .header("Metadata", "false"),
             400,
             Some("METADATA_HEADER_REQUIRED"),
         ),
@@ -40,18 +48,33 @@ async fn signed_requests_get_the_imds_rules() {
             Some("API_VERSION_INVALID"),
         ),
         (
-            Request::new("GET", "/metadata/instance?api-version=1999-01-01").header("Metadata", "true"),
+            Request::new("GET", "/metadata/instance?api-version=1999-01-01")
+                .header("Metadata", "true"),
             400,
             Some("API_VERSION_INVALID"),
         ),
-        (Request::new("GET", "/metadata/nothing?api-version=2021-02-01").header("Metadata", "true"), 404, Some("NOT_FOUND")),
-        (Request::new("GET", "/metadata/versions").header("Metadata", "True"), 200, None),
+        (
+            Request::new("GET", "/metadata/nothing?api-version=2021-02-01")
+                .header("Metadata", "true"),
+            404,
+            Some("NOT_FOUND"),
+        ),
+        (
+            Request::new("GET", "/metadata/versions").header("Metadata", "True"),
+            200,
+            None,
+        ),
         (imds_request(&host), 200, None),
     ];
     for (req, status, reason) in cases {
         let target = req.target.clone();
         let r = send(host.imds, ip_a(), &agent.sign(req, false)).await;
-        assert_eq!((r.status, r.header("x-msp-reason")), (status, reason), "{target}: {}", r.text());
+        assert_eq!(
+            (r.status, r.header("x-msp-reason")),
+            (status, reason),
+            "{target}: {}",
+            r.text()
+        );
     }
     let rec = last_audit(&host, VM_A, "imds").await;
     assert_eq!(rec.decision, msp_host::audit::Decision::Allowed);
@@ -68,9 +91,15 @@ async fn instance_and_token_documents_are_vm_bound_and_well_formed() {
     let doc: serde_json::Value = r.json().unwrap();
     assert_eq!(doc["compute"]["vmId"], view.vm_id.as_str());
     assert_eq!(doc["compute"]["name"], VM_A);
-    assert_eq!(doc["network"]["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"], "127.0.0.2");
-    let sub = Request::new("GET", "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text")
-        .header("Metadata", "true");
+    assert_eq!(
+        doc["network"]["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"],
+        "127.0.0.2"
+    );
+    let sub = Request::new(
+        "GET",
+        "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text",
+    )
+    .header("Metadata", "true");
     let r = send(host.imds, ip_a(), &agent.sign(sub, false)).await;
     assert_eq!(r.text(), view.vm_id);
 
@@ -89,11 +118,17 @@ async fn instance_and_token_documents_are_vm_bound_and_well_formed() {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
     use base64::Engine;
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .unwrap();
     let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
     assert_eq!(claims["aud"], "https://vault.azure.net");
     assert_eq!(claims["sub"], view.vm_id.as_str());
-    let missing = Request::new("GET", "/metadata/identity/oauth2/token?api-version=2018-02-01").header("Metadata", "true");
+    let missing = Request::new(
+        "GET",
+        "/metadata/identity/oauth2/token?api-version=2018-02-01",
+    )
+    .header("Metadata", "true");
     let r = send(host.imds, ip_a(), &agent.sign(missing, false)).await;
     assert_eq!(r.status, 400);
     host.shutdown().await;

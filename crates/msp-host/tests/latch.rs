@@ -4,9 +4,9 @@ mod support;
 
 use std::time::SystemTime;
 
+use msp_core::Mode;
 use msp_core::sign::SigningKey;
 use msp_host::vm::settings::{ProxyAgentSettings, StatusVersion};
-use msp_core::Mode;
 use support::*;
 
 #[tokio::test]
@@ -58,12 +58,21 @@ async fn conf_093_attestation_signed_with_the_wrong_key_is_401_and_latches_nothi
     let (_, key) = acquire(&host, ip_a()).await;
     let (guid, _) = key.unwrap().signing_parts().unwrap();
     let wrong = SigningKey::from_bytes([7u8; 32]);
-    let r = send(host.wireserver, ip_a(), &attestation(&host, &guid, &wrong, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, &guid, &wrong, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("x-msp-reason"), Some("SIG_MISMATCH"));
     let (_, ks) = key_status(&host, ip_a()).await;
     assert_eq!(ks.key_guid, None, "nothing latched");
-    assert_eq!(host.admin().vm_view(VM_A).await.unwrap().key.pending, 1, "still pending");
+    assert_eq!(
+        host.admin().vm_view(VM_A).await.unwrap().key.pending,
+        1,
+        "still pending"
+    );
     host.shutdown().await;
 }
 
@@ -73,13 +82,23 @@ async fn attestation_of_a_guid_that_is_not_pending_is_404_key_unknown() {
     let host = start(dir.path()).await;
     let key = SigningKey::from_bytes([1u8; 32]);
     let guid = msp_core::sign::KeyGuid::parse("9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf").unwrap();
-    let r = send(host.wireserver, ip_a(), &attestation(&host, &guid, &key, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, &guid, &key, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-msp-reason"), Some("KEY_UNKNOWN"));
     // Another VM's pending key is not pending for this VM.
     let (_, k) = acquire(&host, ip_b()).await;
     let (guid_b, key_b) = k.unwrap().signing_parts().unwrap();
-    let r = send(host.wireserver, ip_a(), &attestation(&host, &guid_b, &key_b, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, &guid_b, &key_b, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 404);
     host.shutdown().await;
 }
@@ -91,13 +110,28 @@ async fn attestation_outside_the_window_or_non_root_is_refused() {
     let (_, k) = acquire(&host, ip_a()).await;
     let (guid, key) = k.unwrap().signing_parts().unwrap();
     let old = SystemTime::now() - minutes(6);
-    let r = send(host.wireserver, ip_a(), &attestation(&host, &guid, &key, old)).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (401, Some("DATE_SKEW")));
-    let non_root = channel_request("POST", &format!("/secure-channel/key/{guid}/key-attestation"), host.wireserver)
-        .agent_headers(false, SystemTime::now())
-        .sign(&guid, &key);
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, &guid, &key, old),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (401, Some("DATE_SKEW"))
+    );
+    let non_root = channel_request(
+        "POST",
+        &format!("/secure-channel/key/{guid}/key-attestation"),
+        host.wireserver,
+    )
+    .agent_headers(false, SystemTime::now())
+    .sign(&guid, &key);
     let r = send(host.wireserver, ip_a(), &non_root).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (403, Some("NOT_ELEVATED")));
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (403, Some("NOT_ELEVATED"))
+    );
     host.shutdown().await;
 }
 
@@ -113,14 +147,29 @@ async fn at_most_eight_pending_keys_the_ninth_discards_the_oldest() {
     }
     assert_eq!(host.admin().vm_view(VM_A).await.unwrap().key.pending, 8);
     let (g0, k0) = &keys[0];
-    let r = send(host.wireserver, ip_a(), &attestation(&host, g0, k0, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, g0, k0, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 404, "the oldest was discarded");
     let (g5, k5) = &keys[5];
-    let r = send(host.wireserver, ip_a(), &attestation(&host, g5, k5, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, g5, k5, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     // Latching discards every other pending key.
     let (g6, k6) = &keys[6];
-    let r = send(host.wireserver, ip_a(), &attestation(&host, g6, k6, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &attestation(&host, g6, k6, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(host.admin().vm_view(VM_A).await.unwrap().key.pending, 0);
     host.shutdown().await;
@@ -174,7 +223,13 @@ async fn status_v1_and_v2_documents_follow_the_vm_settings() {
     admin.put_settings(VM_A, &s).await.unwrap();
     let (_, ks) = key_status(&host, ip_a()).await;
     let d = ks.derive();
-    assert_eq!((d.modes.wireserver, d.modes.imds, d.modes.hostga), (Mode::Enforce, Mode::Audit, Mode::Enforce));
-    assert_eq!(d.state.to_string(), "WireServer Enforce -  IMDS Audit - HostGA Enforce");
+    assert_eq!(
+        (d.modes.wireserver, d.modes.imds, d.modes.hostga),
+        (Mode::Enforce, Mode::Audit, Mode::Enforce)
+    );
+    assert_eq!(
+        d.state.to_string(),
+        "WireServer Enforce -  IMDS Audit - HostGA Enforce"
+    );
     host.shutdown().await;
 }

@@ -3,9 +3,11 @@
 
 mod support;
 
-use msp_core::status::{AggregateStatus, ModuleState, ModuleStatus, OverallState, ProxyAgentStatus};
 use msp_core::Endpoint;
 use msp_core::Mode;
+use msp_core::status::{
+    AggregateStatus, ModuleState, ModuleStatus, OverallState, ProxyAgentStatus,
+};
 use msp_host::client::Request;
 use support::*;
 
@@ -41,14 +43,27 @@ async fn conf_099_signed_success_report_is_the_instance_view_and_provisions() {
     let host = start(dir.path()).await;
     let admin = host.admin();
     // Before a key is latched: an unsigned report is refused in enforce, nothing is provisioned.
-    let r = send(host.wireserver, ip_a(), &put_status(report(OverallState::Success))).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &put_status(report(OverallState::Success)),
+    )
+    .await;
     assert_eq!(r.status, 401);
     let view = admin.vm_view(VM_A).await.unwrap();
     assert!(!view.provisioned && view.instance_view.is_none());
 
     let agent = latch(&host, ip_a()).await;
-    assert!(!admin.vm_view(VM_A).await.unwrap().provisioned, "latched but no report yet");
-    let r = send(host.wireserver, ip_a(), &agent.sign(put_status(report(OverallState::Error)), true)).await;
+    assert!(
+        !admin.vm_view(VM_A).await.unwrap().provisioned,
+        "latched but no report yet"
+    );
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &agent.sign(put_status(report(OverallState::Error)), true),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let view = admin.vm_view(VM_A).await.unwrap();
     assert!(!view.provisioned, "an ERROR report does not provision");
@@ -56,7 +71,12 @@ async fn conf_099_signed_success_report_is_the_instance_view_and_provisions() {
     assert_eq!(iv.proxy_agent_status["status"], "ERROR");
     assert_eq!(iv.signed_by.as_deref(), Some(agent.guid.as_str()));
 
-    let r = send(host.wireserver, ip_a(), &agent.sign(put_status(report(OverallState::Success)), true)).await;
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &agent.sign(put_status(report(OverallState::Success)), true),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let view = admin.vm_view(VM_A).await.unwrap();
     assert!(view.provisioned);
@@ -68,7 +88,12 @@ async fn conf_099_signed_success_report_is_the_instance_view_and_provisions() {
     admin.reset_key(VM_A).await.unwrap();
     assert!(!admin.vm_view(VM_A).await.unwrap().provisioned);
     let agent = latch(&host, ip_a()).await;
-    send(host.wireserver, ip_a(), &agent.sign(put_status(report(OverallState::Success)), true)).await;
+    send(
+        host.wireserver,
+        ip_a(),
+        &agent.sign(put_status(report(OverallState::Success)), true),
+    )
+    .await;
     assert!(admin.vm_view(VM_A).await.unwrap().provisioned);
     host.shutdown().await;
 }
@@ -79,8 +104,16 @@ async fn unsigned_report_in_audit_is_kept_but_never_provisions() {
     let host = start(dir.path()).await;
     let admin = host.admin();
     let _agent = latch(&host, ip_a()).await;
-    admin.set_mode(VM_A, Endpoint::WireServer, Mode::Audit).await.unwrap();
-    let r = send(host.wireserver, ip_a(), &put_status(report(OverallState::Success))).await;
+    admin
+        .set_mode(VM_A, Endpoint::WireServer, Mode::Audit)
+        .await
+        .unwrap();
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &put_status(report(OverallState::Success)),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let view = admin.vm_view(VM_A).await.unwrap();
     assert!(!view.provisioned);
@@ -96,10 +129,33 @@ async fn non_root_or_malformed_reports_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host = start(dir.path()).await;
     let agent = latch(&host, ip_a()).await;
-    let r = send(host.wireserver, ip_a(), &agent.sign(put_status(report(OverallState::Success)), false)).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (403, Some("NOT_ELEVATED")));
-    let r = send(host.wireserver, ip_a(), &agent.sign(put_status(b"{\"nope\": 1}".to_vec()), true)).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (400, Some("BAD_REQUEST")));
-    assert!(host.admin().vm_view(VM_A).await.unwrap().instance_view.is_none());
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &agent.sign(put_status(report(OverallState::Success)), false),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (403, Some("NOT_ELEVATED"))
+    );
+    let r = send(
+        host.wireserver,
+        ip_a(),
+        &agent.sign(put_status(b"{\"nope\": 1}".to_vec()), true),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (400, Some("BAD_REQUEST"))
+    );
+    assert!(
+        host.admin()
+            .vm_view(VM_A)
+            .await
+            .unwrap()
+            .instance_view
+            .is_none()
+    );
     host.shutdown().await;
 }

@@ -11,7 +11,8 @@ use msp_host::{Host, HostConfig, VmConfig};
 use support::*;
 
 #[tokio::test]
-async fn b6_a_valid_key_used_from_another_vms_address_is_key_unknown_and_the_audit_names_the_owner() {
+async fn b6_a_valid_key_used_from_another_vms_address_is_key_unknown_and_the_audit_names_the_owner()
+{
     let dir = tempfile::tempdir().unwrap();
     let host = start(dir.path()).await;
     let a = latch(&host, ip_a()).await;
@@ -47,21 +48,47 @@ async fn unmapped_source_gets_403_vm_unknown_on_every_endpoint_secure_channel_in
     let host = Host::start(cfg).await.unwrap();
     let stranger = "127.0.0.5".parse().unwrap();
     let requests = [
-        (host.wireserver, Request::new("GET", "/secure-channel/status")),
-        (host.wireserver, Request::new("POST", "/secure-channel/key").body(msp_core::wire::KEY_REQUEST_BODY)),
-        (host.wireserver, Request::new("POST", "/machine/?comp=telemetrydata").body("x")),
-        (host.wireserver, Request::new("GET", "/machine?comp=goalstate")),
+        (
+            host.wireserver,
+            Request::new("GET", "/secure-channel/status"),
+        ),
+        (
+            host.wireserver,
+            Request::new("POST", "/secure-channel/key").body(msp_core::wire::KEY_REQUEST_BODY),
+        ),
+        (
+            host.wireserver,
+            Request::new("POST", "/machine/?comp=telemetrydata").body("x"),
+        ),
+        (
+            host.wireserver,
+            Request::new("GET", "/machine?comp=goalstate"),
+        ),
         (host.hostga, Request::new("GET", "/health")),
-        (host.imds, Request::new("GET", "/metadata/instance?api-version=2021-02-01").header("Metadata", "true")),
+        (
+            host.imds,
+            Request::new("GET", "/metadata/instance?api-version=2021-02-01")
+                .header("Metadata", "true"),
+        ),
     ];
     for (addr, req) in requests {
         let r = send(addr, stranger, &req).await;
         assert_eq!(r.status, 403, "{} {}", req.method, req.target);
         assert_eq!(r.header("x-msp-reason"), Some("VM_UNKNOWN"));
     }
-    let recs = audit(&host, AuditQuery { reason: Some("VM_UNKNOWN".into()), ..Default::default() }).await;
+    let recs = audit(
+        &host,
+        AuditQuery {
+            reason: Some("VM_UNKNOWN".into()),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(recs.len(), 6);
-    assert!(recs.iter().all(|r| r.vm.is_none() && r.source == "127.0.0.5" && r.decision == Decision::Rejected));
+    assert!(
+        recs.iter()
+            .all(|r| r.vm.is_none() && r.source == "127.0.0.5" && r.decision == Decision::Rejected)
+    );
     let (r, _) = key_status(&host, ip_a()).await;
     assert_eq!(r.status, 200, "the mapped VM is served");
     host.shutdown().await;
@@ -72,16 +99,29 @@ async fn b7_reset_key_makes_the_old_key_unknown_at_once_and_the_agent_relatches(
     let dir = tempfile::tempdir().unwrap();
     let host = start(dir.path()).await;
     let old = latch(&host, ip_a()).await;
-    assert_eq!(send(host.imds, ip_a(), &old.sign(imds_request(&host), false)).await.status, 200);
+    assert_eq!(
+        send(host.imds, ip_a(), &old.sign(imds_request(&host), false))
+            .await
+            .status,
+        200
+    );
     let inc = host.admin().reset_key(VM_A).await.unwrap();
     assert_eq!(inc, 2);
     let r = send(host.imds, ip_a(), &old.sign(imds_request(&host), false)).await;
-    assert_eq!((r.status, r.header("x-msp-reason")), (401, Some("KEY_UNKNOWN")));
+    assert_eq!(
+        (r.status, r.header("x-msp-reason")),
+        (401, Some("KEY_UNKNOWN"))
+    );
     let (_, ks) = key_status(&host, ip_a()).await;
     assert_eq!((ks.key_guid, ks.key_incarnation_id), (None, Some(2)));
     let new = latch(&host, ip_a()).await;
     assert_ne!(new.guid, old.guid);
-    assert_eq!(send(host.imds, ip_a(), &new.sign(imds_request(&host), false)).await.status, 200);
+    assert_eq!(
+        send(host.imds, ip_a(), &new.sign(imds_request(&host), false))
+            .await
+            .status,
+        200
+    );
     // The restored old key stays refused.
     let r = send(host.imds, ip_a(), &old.sign(imds_request(&host), false)).await;
     assert_eq!(r.header("x-msp-reason"), Some("KEY_UNKNOWN"));
@@ -113,7 +153,10 @@ async fn raising_key_incarnation_in_settings_resets_lowering_is_400_naming_the_f
 async fn msp_disabled_serves_everything_and_reports_disabled() {
     let dir = tempfile::tempdir().unwrap();
     let host = start(dir.path()).await;
-    let s = ProxyAgentSettings { enabled: false, ..Default::default() };
+    let s = ProxyAgentSettings {
+        enabled: false,
+        ..Default::default()
+    };
     host.admin().put_settings(VM_A, &s).await.unwrap();
     let r = send(host.imds, ip_a(), &imds_request(&host)).await;
     assert_eq!(r.status, 200);
@@ -122,7 +165,10 @@ async fn msp_disabled_serves_everything_and_reports_disabled() {
     let (_, ks) = key_status(&host, ip_a()).await;
     assert_eq!(ks.derive().state.to_string(), "disabled");
     // HostGAPlugin has no mode of its own.
-    let err = host.admin().set_mode(VM_A, Endpoint::HostGaPlugin, msp_core::Mode::Audit).await;
+    let err = host
+        .admin()
+        .set_mode(VM_A, Endpoint::HostGaPlugin, msp_core::Mode::Audit)
+        .await;
     assert!(err.is_err());
     host.shutdown().await;
 }

@@ -233,10 +233,15 @@ async fn telemetry(State(s): State<AdminState>, Path(name): Path<String>) -> Adm
     if s.registry.vm(&name).is_none() {
         return Err(AdminFailure::NotFound(format!("VM {name:?} not found")));
     }
-    let count = s.registry.store().telemetry_count(&name).await.map_err(|e| {
-        tracing::error!(error = %e, "telemetry count failed");
-        AdminFailure::Internal("the store failed; see the host log".into())
-    })?;
+    let count = s
+        .registry
+        .store()
+        .telemetry_count(&name)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "telemetry count failed");
+            AdminFailure::Internal("the store failed; see the host log".into())
+        })?;
     ok_json(json!({ "vm": name, "storedPayloads": count }))
 }
 

@@ -103,7 +103,9 @@ pub(super) fn serve(call: Call<'_>) -> Resp {
     let doc = instance(&call);
     // Sub-paths name document keys, which are case-sensitive (`compute/vmId`).
     let original = call.uri.path();
-    let sub = original.get("/metadata/instance".len()..).unwrap_or_default();
+    let sub = original
+        .get("/metadata/instance".len()..)
+        .unwrap_or_default();
     let node = sub
         .split('/')
         .filter(|s| !s.is_empty())

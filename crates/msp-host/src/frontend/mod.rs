@@ -299,12 +299,11 @@ async fn pipeline(
         Err(reason) => return response::refuse_and_close(reason),
     };
 
-    if endpoint == Endpoint::WireServer {
-        if let Some(resp) =
+    if endpoint == Endpoint::WireServer
+        && let Some(resp) =
             wireserver::secure_channel(shared, &vm, method, uri, headers, &body, audit).await
-        {
-            return resp;
-        }
+    {
+        return resp;
     }
 
     // spec §12.3, §12.4: verification runs first, before the service's own checks.

@@ -41,8 +41,12 @@ pub fn render(
         StatusVersion::V1 => {
             doc.version = "1.0".to_owned();
             // Validation keeps v1 settings expressible; a stale combination is served as the stricter state.
-            let state = v1_state(settings.enabled, settings.wire_server.mode, settings.imds.mode)
-                .unwrap_or("WireserverAndImds");
+            let state = v1_state(
+                settings.enabled,
+                settings.wire_server.mode,
+                settings.imds.mode,
+            )
+            .unwrap_or("WireserverAndImds");
             doc.secure_channel_state = Some(state.to_owned());
         }
         StatusVersion::V2 => {
@@ -93,7 +97,11 @@ mod tests {
 
     #[test]
     fn the_agent_parser_accepts_every_shape() {
-        for (version, enabled) in [(StatusVersion::V1, true), (StatusVersion::V2, true), (StatusVersion::V2, false)] {
+        for (version, enabled) in [
+            (StatusVersion::V1, true),
+            (StatusVersion::V2, true),
+            (StatusVersion::V2, false),
+        ] {
             let s = ProxyAgentSettings {
                 status_version: version,
                 enabled,

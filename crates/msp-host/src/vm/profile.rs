@@ -99,13 +99,13 @@ mod item_check {
                 "must be \"allow\" or \"deny\"",
             )),
         }
-        if let Some(m) = item.get("mode") {
-            if m.as_str().and_then(Mode::parse).is_none() {
-                errors.push(FieldError::new(
-                    "mode",
-                    "must be \"disabled\", \"audit\" or \"enforce\"",
-                ));
-            }
+        if let Some(m) = item.get("mode")
+            && m.as_str().and_then(Mode::parse).is_none()
+        {
+            errors.push(FieldError::new(
+                "mode",
+                "must be \"disabled\", \"audit\" or \"enforce\"",
+            ));
         }
         if str_field(item, "id").is_none_or(|s| s.trim().is_empty()) {
             errors.push(FieldError::new("id", "required, a non-blank string"));

@@ -168,14 +168,14 @@ impl ProxyAgentSettings {
             ("hostGa.profile", &self.host_ga.profile),
         ];
         for (field, profile) in refs {
-            if let Some(p) = profile {
-                if !profile_exists(p) {
-                    let what = match p.version {
-                        Some(v) => format!("profile {:?} version {v} does not exist", p.name),
-                        None => format!("profile {:?} does not exist", p.name),
-                    };
-                    errors.push(FieldError::new(field, what));
-                }
+            if let Some(p) = profile
+                && !profile_exists(p)
+            {
+                let what = match p.version {
+                    Some(v) => format!("profile {:?} version {v} does not exist", p.name),
+                    None => format!("profile {:?} does not exist", p.name),
+                };
+                errors.push(FieldError::new(field, what));
             }
         }
         errors

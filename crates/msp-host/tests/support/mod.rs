@@ -58,14 +58,17 @@ pub fn channel_request(method: &str, target: &str, host: SocketAddr) -> Request 
 }
 
 pub async fn send(addr: SocketAddr, local: IpAddr, req: &Request) -> Response {
-    client::send(addr, Some(local), req).await.expect("exchange")
+    client::send(addr, Some(local), req)
+        .await
+        .expect("exchange")
 }
 
 pub async fn key_status(host: &RunningHost, local: IpAddr) -> (Response, KeyStatus) {
     let r = send(
         host.wireserver,
         local,
-        &channel_request("GET", "/secure-channel/status", host.wireserver).agent_headers(true, SystemTime::now()),
+        &channel_request("GET", "/secure-channel/status", host.wireserver)
+            .agent_headers(true, SystemTime::now()),
     )
     .await;
     let ks = KeyStatus::parse(&r.body).expect("KeyStatus parses");
@@ -82,7 +85,12 @@ pub async fn acquire(host: &RunningHost, local: IpAddr) -> (Response, Option<Key
     (r, key)
 }
 
-pub fn attestation(host: &RunningHost, guid: &KeyGuid, key: &SigningKey, date: SystemTime) -> Request {
+pub fn attestation(
+    host: &RunningHost,
+    guid: &KeyGuid,
+    key: &SigningKey,
+    date: SystemTime,
+) -> Request {
     channel_request(
         "POST",
         &format!("/secure-channel/key/{guid}/key-attestation"),
@@ -96,7 +104,12 @@ pub fn attestation(host: &RunningHost, guid: &KeyGuid, key: &SigningKey, date: S
 pub async fn latch(host: &RunningHost, local: IpAddr) -> Agent {
     let (_, key) = acquire(host, local).await;
     let (guid, signing) = key.expect("key issued").signing_parts().unwrap();
-    let r = send(host.wireserver, local, &attestation(host, &guid, &signing, SystemTime::now())).await;
+    let r = send(
+        host.wireserver,
+        local,
+        &attestation(host, &guid, &signing, SystemTime::now()),
+    )
+    .await;
     assert_eq!(r.status, 200, "attestation: {}", r.text());
     Agent {
         local,
@@ -145,9 +158,12 @@ pub fn minutes(n: u64) -> Duration {
 
 /// The IMDS instance request of golden vector V1, minus the agent's headers.
 pub fn imds_request(host: &RunningHost) -> Request {
-    Request::new("GET", "/metadata/instance?api-version=2021-02-01&format=json")
-        .header("Host", &host.imds.to_string())
-        .header("Metadata", "true")
+    Request::new(
+        "GET",
+        "/metadata/instance?api-version=2021-02-01&format=json",
+    )
+    .header("Host", &host.imds.to_string())
+    .header("Metadata", "true")
 }
 
 pub fn goal_state_request(host: &RunningHost) -> Request {
