@@ -165,6 +165,9 @@ enum CliError {
     Admin(#[from] msp_host::AdminError),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    /// A local file (token, document) could not be read: exit 1.
+    Token(String),
 }
 
 fn config_of(a: &ConfigArgs) -> Result<HostConfig, CliError> {
@@ -194,7 +197,7 @@ fn admin_of(a: &ConfigArgs) -> Result<AdminClient, CliError> {
             let path = cfg.token_file();
             std::fs::read_to_string(&path)
                 .map_err(|e| {
-                    CliError::Usage(format!(
+                    CliError::Token(format!(
                         "cannot read admin token file {}: {e}",
                         path.display()
                     ))
@@ -353,7 +356,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             match command {
                 ProfileCommand::Put { name, file } => {
                     let doc = std::fs::read_to_string(&file).map_err(|e| {
-                        CliError::Usage(format!("cannot read {}: {e}", file.display()))
+                        CliError::Token(format!("cannot read {}: {e}", file.display()))
                     })?;
                     let p = admin.put_profile(&name, &doc).await?;
                     println!("{}: stored version {}", p.name, p.version);

@@ -179,7 +179,10 @@ pub(crate) async fn serve(
 
 /// Approximate size of the head as received: request line plus `name: value\r\n` per field.
 fn head_bytes(method: &Method, uri: &Uri, headers: &HeaderMap) -> usize {
-    let line = method.as_str().len() + uri.to_string().len() + 12;
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = method.as_str().len() + target + 12;
     headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
