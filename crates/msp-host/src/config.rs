@@ -79,8 +79,26 @@ pub struct HostConfig {
     pub body_timeout_secs: u64,
     /// Concurrent connections per front end. default 16,384.
     pub max_connections: usize,
+    /// Forward verified IMDS requests under a path prefix to a real metadata service instead of serving
+    /// them. default: none, IMDS is served by this host.
+    pub imds_upstream: Option<UpstreamConfig>,
     /// VMs and their address blocks.
     pub vms: Vec<VmConfig>,
+}
+
+/// An upstream metadata service that verified IMDS requests are forwarded to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// IP literal and port of the upstream service.
+    pub address: SocketAddr,
+    /// Requests whose path starts with this prefix are forwarded. default `/metadata/`.
+    #[serde(default = "metadata_prefix")]
+    pub path_prefix: String,
+}
+
+fn metadata_prefix() -> String {
+    "/metadata/".to_owned()
 }
 
 /// The `--dev` WireServer address (DESIGN.md: tests and the demo use loopback).
@@ -111,6 +129,7 @@ impl Default for HostConfig {
             header_timeout_secs: 30,
             body_timeout_secs: 60,
             max_connections: 16_384,
+            imds_upstream: None,
             vms: Vec::new(),
         }
     }
@@ -194,6 +213,14 @@ impl HostConfig {
             return Err(field(
                 "headerTimeoutSecs",
                 "timeouts must be positive".into(),
+            ));
+        }
+        if let Some(u) = &self.imds_upstream
+            && !u.path_prefix.starts_with('/')
+        {
+            return Err(field(
+                "imdsUpstream.pathPrefix",
+                "must start with '/'".into(),
             ));
         }
         if self.max_connections == 0 {

@@ -157,6 +157,7 @@ impl Host {
             max_connections: cfg.max_connections,
             wireserver_endpoint: cfg.wireserver_endpoint.unwrap_or(wireserver),
             token_key: SigningKey::from_bytes(*token_key),
+            imds_upstream: cfg.imds_upstream.clone(),
         });
 
         let cancel = CancellationToken::new();

@@ -3,7 +3,8 @@
 //! (400 `FORWARDED_REFUSED`), a supported `api-version` (400 `API_VERSION_INVALID`).
 //!
 //! These rules run after signature verification (spec §12.4: an unsigned request in enforce gets 401 whatever
-//! else is wrong). Tokens are bound to the VM and signed with a host-only key, never with a VM's key.
+//! else is wrong). With `imdsUpstream` configured, requests under its prefix are forwarded after these checks
+//! instead of being served here. Tokens are bound to the VM and signed with a host-only key, never with a VM's key.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,7 +61,7 @@ const TOKEN_LIFETIME_SECS: u64 = 86_399;
 const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
 const RESOURCE_GROUP: &str = "openmsp";
 
-pub(super) fn serve(call: Call<'_>) -> Resp {
+pub(super) async fn serve(call: Call<'_>) -> Resp {
     if call.headers.contains_key("x-forwarded-for") {
         return response::refuse(Reason::ForwardedRefused);
     }
@@ -70,6 +71,11 @@ pub(super) fn serve(call: Call<'_>) -> Resp {
         .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"true"));
     if !metadata_true {
         return response::refuse(Reason::MetadataHeaderRequired);
+    }
+    if let Some(up) = &call.shared.imds_upstream
+        && call.uri.path().starts_with(up.path_prefix.as_str())
+    {
+        return super::upstream::forward(up.address, &call).await;
     }
     if call.method != Method::GET {
         return response::refuse(Reason::NotFound);

@@ -18,6 +18,7 @@ mod hostga;
 mod imds;
 pub mod policy;
 pub(crate) mod response;
+mod upstream;
 mod wireserver;
 
 use std::convert::Infallible;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     pub wireserver_endpoint: SocketAddr,
     /// Signs IMDS access tokens; random per process, never a VM's key.
     pub token_key: SigningKey,
+    /// Where verified IMDS requests under a prefix go instead of being served here.
+    pub imds_upstream: Option<crate::config::UpstreamConfig>,
 }
 
 /// One request after the pipeline: what a service needs.
@@ -346,7 +349,7 @@ async fn pipeline(
             match endpoint {
                 Endpoint::WireServer => wireserver::serve(call).await,
                 Endpoint::HostGaPlugin => hostga::serve(call),
-                Endpoint::Imds => imds::serve(call),
+                Endpoint::Imds => imds::serve(call).await,
             }
         }
     }
