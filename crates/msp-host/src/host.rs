@@ -158,6 +158,7 @@ impl Host {
             wireserver_endpoint: cfg.wireserver_endpoint.unwrap_or(wireserver),
             token_key: SigningKey::from_bytes(*token_key),
             imds_upstream: cfg.imds_upstream.clone(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(frontend::BODY_BUDGET_KIB)),
         });
 
         let cancel = CancellationToken::new();

@@ -57,6 +57,9 @@ pub const MAX_BODY: u64 = 1 << 20;
 pub const MAX_EXEMPT_BODY: u64 = 100 << 20;
 /// Bytes of a telemetry payload kept in the store; agent payloads are < 64 KiB (spec §11.3).
 pub(crate) const MAX_TELEMETRY_KEPT: usize = 1 << 20;
+/// Body bytes all connections together may hold in memory at once, in KiB (1,000 clients each sending a
+/// 1 MiB body must not take 1 GiB); requests wait for room up to the body timeout, then get 503 `OVERLOADED`.
+pub(crate) const BODY_BUDGET_KIB: usize = 256 * 1024;
 /// hyper parses up to this many fields so that 129–256 get our 431 with a reason; beyond, hyper's bare 431.
 const PARSE_HEAD_FIELDS: usize = 2 * MAX_HEAD_FIELDS;
 /// hyper's read buffer; heads beyond it get hyper's bare 431.
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     pub token_key: SigningKey,
     /// Where verified IMDS requests under a prefix go instead of being served here.
     pub imds_upstream: Option<crate::config::UpstreamConfig>,
+    /// [`BODY_BUDGET_KIB`] permits, one per KiB of buffered body.
+    pub body_budget: Arc<Semaphore>,
 }
 
 /// One request after the pipeline: what a service needs.
@@ -299,6 +304,23 @@ async fn pipeline(
         MAX_TELEMETRY_KEPT
     } else {
         usize::try_from(MAX_BODY).unwrap_or(usize::MAX)
+    };
+    // Reserve room for what will be buffered before reading it (bounded memory across connections).
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let reserve = match declared_length(headers) {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(keep),
+        None if chunked => keep,
+        None => 0,
+    };
+    let kib = u32::try_from(reserve.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _budget = if kib == 0 {
+        None
+    } else {
+        let wait = shared.body_budget.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(shared.body_timeout, wait).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => return response::refuse_and_close(Reason::Overloaded),
+        }
     };
     let body = match read_body(body, limit, keep, shared.body_timeout).await {
         Ok(b) => b,
