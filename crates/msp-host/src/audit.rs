@@ -118,6 +118,13 @@ impl AuditRecord {
     }
 }
 
+/// Unix milliseconds now (record and report timestamps).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Cuts `path` to [`MAX_AUDIT_PATH`] bytes on a character boundary.
 pub fn clip_path(path: &str) -> String {
     let mut end = path.len().min(MAX_AUDIT_PATH);

@@ -9,11 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use msp_core::sign::KeyGuid;
 use serde_json::Value;
 
+use crate::audit::now_ms;
 use crate::cidr::Cidr;
 use crate::store::{Loaded, StoreError, StoreHandle, VmRow};
 use crate::vm::keys::{IssuedKey, KeyState, RandomError};
@@ -118,12 +119,6 @@ pub struct Registry {
     state: RwLock<State>,
     writer: tokio::sync::Mutex<()>,
     store: StoreHandle,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn new_vm_id() -> String {

@@ -24,7 +24,7 @@ mod wireserver;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Uri};
@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::audit::{AuditRecord, Decision, clip_path, endpoint_name};
+use crate::audit::{AuditRecord, Decision, clip_path, endpoint_name, now_ms};
 use crate::cidr::unmap;
 use crate::registry::Registry;
 use crate::vm::Vm;
@@ -112,12 +112,6 @@ pub(crate) fn query_param<'u>(uri: &'u Uri, key: &str) -> Option<&'u str> {
         let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
         k.eq_ignore_ascii_case(key).then_some(v)
     })
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Accepts connections until `cancel` fires; each connection runs on `tracker`.

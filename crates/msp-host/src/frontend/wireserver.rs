@@ -154,29 +154,13 @@ async fn attest(
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (spec §2.7 `issued`).
+/// `YYYY-MM-DDTHH:MM:SSZ` (spec §2.7 `issued`): the status timestamp without milliseconds, in UTC.
 fn iso8601(t: SystemTime) -> String {
-    let secs = t
+    let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil-from-days (proleptic Gregorian), after H. Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let stamp = msp_core::status::format_timestamp(ms);
+    format!("{}Z", stamp.get(..19).unwrap_or(&stamp))
 }
 
 /// The fabric surface, after the pipeline admitted the request.
@@ -195,7 +179,7 @@ pub(super) async fn serve(call: Call<'_>) -> Resp {
             call.shared
                 .registry
                 .store()
-                .telemetry(vm, super::now_ms(), call.body.to_vec())
+                .telemetry(vm, crate::audit::now_ms(), call.body.to_vec())
                 .await;
             response::text(StatusCode::OK, "")
         }
