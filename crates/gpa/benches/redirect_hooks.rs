@@ -56,6 +56,11 @@ fn main() {
     );
     let bench_cgroup = root.join(format!("gpa-bench-{}", std::process::id()));
     std::fs::create_dir(&bench_cgroup).unwrap();
+    let mut cleanup = Cleanup {
+        home: own_cgroup.clone(),
+        cgroup: bench_cgroup.clone(),
+        loader: None,
+    };
 
     let proxy = sink("127.0.0.1:0");
     let unrelated = sink("127.0.0.1:0");
@@ -69,10 +74,10 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = loader.stdout.take().unwrap();
     let mut ready = String::new();
-    BufReader::new(loader.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    cleanup.loader = Some(loader);
+    BufReader::new(stdout).read_line(&mut ready).unwrap();
     let program_ids: Vec<u32> = ready
         .trim()
         .strip_prefix("ready ")
@@ -116,10 +121,7 @@ fn main() {
     let unrelated_hooks = hook_cost(&program_ids, unrelated);
     let intercepted_hooks = hook_cost(&program_ids, endpoint);
     drop(stats);
-    move_self(&own_cgroup);
-    drop(loader.stdin.take());
-    let _ = loader.wait();
-    let _ = std::fs::remove_dir(&bench_cgroup);
+    drop(cleanup); // back home, loader stopped (it prints its counters), cgroup removed
 
     let [
         out_unrelated,
@@ -208,6 +210,27 @@ fn ordered<const N: usize>(
         items.reverse();
     }
     items
+}
+
+/// Puts the bench back in its own cgroup, stops the loader and removes the bench cgroup, also after a panic.
+struct Cleanup {
+    home: PathBuf,
+    cgroup: PathBuf,
+    loader: Option<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.home.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        if let Some(mut loader) = self.loader.take() {
+            drop(loader.stdin.take()); // an orderly stop
+            let _ = loader.wait();
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
 }
 
 /// A listener that accepts and drops every connection; returns its address.
