@@ -62,7 +62,11 @@ impl Claims {
 
 /// `{ "isRoot": "true"}` or `{ "isRoot": "false"}`: one space after `{` and after `:`, none before `}`.
 pub fn host_claims_header(is_root: bool) -> &'static str {
-    if is_root { r#"{ "isRoot": "true"}"# } else { r#"{ "isRoot": "false"}"# }
+    if is_root {
+        r#"{ "isRoot": "true"}"#
+    } else {
+        r#"{ "isRoot": "false"}"#
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! audit. Time and keys are always parameters, so every function here is deterministic and testable without a
 //! network. This crate must never read a file, open a socket or call `SystemTime::now`.
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod canon;
 pub mod claims;
