@@ -172,13 +172,11 @@ fn base(i: usize) -> Twin {
 /// `authorize`, optionally behind the proxy's traversal guard (spec §8.2 step 5).
 fn decide(twin: &Twin, with_guard: bool, items: &Items) -> Decision {
     let target = twin.target();
-    if with_guard {
-        if let Err(e) = traversal_guard(raw_path(target.as_bytes())) {
-            return Decision::Deny {
-                reason: e.reason(),
-                privilege: None,
-            };
-        }
+    if with_guard && let Err(e) = traversal_guard(raw_path(target.as_bytes())) {
+        return Decision::Deny {
+            reason: e.reason(),
+            privilege: None,
+        };
     }
     let addrs = EndpointAddrs::default();
     let dest = Destination::Endpoint(twin.endpoint);
@@ -273,7 +271,7 @@ fn encode_at(text: &mut String, seed: usize, upper: bool, skip_leading: bool, pr
         .bytes()
         .enumerate()
         .filter(|&(i, b)| {
-            !(skip_leading && i == 0) && !digits[i] && b != b'%' && !protected.contains(&b)
+            (!skip_leading || i != 0) && !digits[i] && b != b'%' && !protected.contains(&b)
         })
         .map(|(i, _)| i)
         .collect();
