@@ -45,6 +45,13 @@ pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
 
 /// Step 5.2: decodes every `%XX` once (and `+` as SP when `plus_is_space`, spec §5.3) into a new buffer.
 pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, CanonError> {
+    // Most paths and parameters hold no escape at all: copy them in one go.
+    if !raw
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return Ok(raw.to_vec());
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
@@ -69,12 +76,13 @@ pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>,
 /// Steps 5.3–5.5 on decoded bytes: overlong leads, then UTF-8 validity (never replaced), then control
 /// characters. Returns the bytes as a `String` without copying.
 pub(super) fn into_text(decoded: Vec<u8>) -> Result<String, CanonError> {
-    let overlong = decoded.iter().enumerate().any(|(i, &b)| {
-        let next = decoded.get(i + 1).copied().unwrap_or(0);
-        matches!(b, 0xC0 | 0xC1)
-            || (b == 0xE0 && (0x80..=0x9F).contains(&next))
-            || (b == 0xF0 && (0x80..=0x8F).contains(&next))
-    });
+    let overlong = !decoded.is_ascii()
+        && decoded.iter().enumerate().any(|(i, &b)| {
+            let next = decoded.get(i + 1).copied().unwrap_or(0);
+            matches!(b, 0xC0 | 0xC1)
+                || (b == 0xE0 && (0x80..=0x9F).contains(&next))
+                || (b == 0xF0 && (0x80..=0x8F).contains(&next))
+        });
     if overlong {
         return Err(CanonError::OverlongUtf8);
     }

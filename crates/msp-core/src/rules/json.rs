@@ -242,6 +242,17 @@ impl Parser<'_> {
 
     fn string(&mut self) -> Result<String, RulesError> {
         self.expect(b'"')?;
+        // Most strings have no escape: one exact allocation.
+        let rest = self.text.get(self.pos..).unwrap_or_default();
+        let run = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(rest.len());
+        if rest.as_bytes().get(run) == Some(&b'"') {
+            let text = rest.get(..run).unwrap_or_default().to_owned();
+            self.pos += run + 1;
+            return self.checked(text);
+        }
         let mut out = String::new();
         loop {
             // Copy the run up to the next quote, backslash or control byte; all are ASCII, so the slice ends on a
@@ -270,13 +281,18 @@ impl Parser<'_> {
                 return Err(RulesError::StringTooLong { path: self.here() });
             }
         }
-        if out.len() > MAX_STRING_BYTES {
+        self.checked(out)
+    }
+
+    /// The bounds every string (and key) must meet.
+    fn checked(&self, text: String) -> Result<String, RulesError> {
+        if text.len() > MAX_STRING_BYTES {
             return Err(RulesError::StringTooLong { path: self.here() });
         }
-        if out.contains('\0') {
+        if text.contains('\0') {
             return Err(RulesError::Nul { path: self.here() });
         }
-        Ok(out)
+        Ok(text)
     }
 
     /// One escape after `\`.
@@ -416,6 +432,27 @@ impl Parser<'_> {
         }
         Ok(Json::Object(entries))
     }
+}
+
+/// The first repeated key of an object. Small objects (all of a valid allowlist) are checked pairwise without
+/// allocating; large ones by sorting, so no object costs O(n²).
+fn repeated_key(entries: &[(String, Json)]) -> Option<&str> {
+    const PAIRWISE_MAX: usize = 16;
+    if entries.len() <= PAIRWISE_MAX {
+        let mut rest = entries;
+        while let Some(((key, _), tail)) = rest.split_first() {
+            if tail.iter().any(|(k, _)| k == key) {
+                return Some(key);
+            }
+            rest = tail;
+        }
+        return None;
+    }
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.windows(2)
+        .find(|w| w.first() == w.get(1))
+        .and_then(|w| w.first().copied())
 }
 
 #[cfg(test)]

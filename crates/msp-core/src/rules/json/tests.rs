@@ -28,6 +28,17 @@ fn d4_repeated_keys_are_refused_at_any_depth() {
     );
     let e = err(r#"{"rules":{"roles":[{"name":"r","name":"s"}]}}"#);
     assert_eq!(e.to_string(), r#"rules.roles[0]: repeated key "name""#);
+    // Large objects take the sorting path.
+    let mut keys: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+    assert!(parse(&format!("{{{}}}", keys.join(","))).is_ok());
+    keys.push(r#""k17":0"#.into());
+    assert_eq!(
+        err(&format!("{{{}}}", keys.join(","))),
+        RulesError::RepeatedKey {
+            path: JsonPath::default(),
+            key: "k17".into()
+        }
+    );
     // Escapes are decoded before comparing.
     assert!(matches!(
         err(r#"{"a":1,"\u0061":2}"#),
