@@ -420,17 +420,13 @@ impl Parser<'_> {
                 _ => return Err(self.syntax(JsonSyntax::UnexpectedChar)),
             }
         }
-        // Repeated keys are found by sorting, so a large object costs O(n log n), not O(n²).
-        let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-        keys.sort_unstable();
-        if let Some(pair) = keys.windows(2).find(|w| w.first() == w.get(1)) {
-            let key = pair.first().map(|k| (*k).to_owned()).unwrap_or_default();
-            return Err(RulesError::RepeatedKey {
+        match repeated_key(&entries) {
+            Some(key) => Err(RulesError::RepeatedKey {
                 path: self.here(),
-                key,
-            });
+                key: key.to_owned(),
+            }),
+            None => Ok(Json::Object(entries)),
         }
-        Ok(Json::Object(entries))
     }
 }
 
