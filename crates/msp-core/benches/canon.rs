@@ -3,7 +3,11 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+#[path = "support/clock.rs"]
+mod clock;
+
+use criterion::Criterion;
+use criterion::measurement::Measurement;
 use msp_core::Endpoint;
 use msp_core::canon::{Destination, canonicalize, raw_path, traversal_guard};
 use msp_core::endpoint::EndpointAddrs;
@@ -12,7 +16,7 @@ const TOKEN: &[u8] = b"/metadata/identity/oauth2/token?api-version=2018-02-01&re
 const INSTANCE: &[u8] = b"/metadata/instance/compute?api-version=2021-02-01&format=json";
 const ABSOLUTE: &[u8] = b"http://169.254.169.254/metadata/instance?api-version=2021-02-01";
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let addrs = EndpointAddrs::default();
     let imds = Destination::Endpoint(Endpoint::Imds);
     let mut group = c.benchmark_group("canon");
@@ -31,5 +35,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    clock::run(bench, bench);
+}

@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+#[path = "support/clock.rs"]
+mod clock;
+
+use criterion::Criterion;
+use criterion::measurement::Measurement;
 use msp_core::canon::{Destination, Request};
 use msp_core::endpoint::EndpointAddrs;
 use msp_core::rules::{CompiledItem, Decision, Items, authorize, decide, parse_item};
@@ -70,7 +74,7 @@ fn claims(user: usize) -> Claims {
     }
 }
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let json = item_json();
     let doc = parse_item(&json).expect("bench item is valid");
     let item = CompiledItem::compile(&doc);
@@ -130,5 +134,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    clock::run(bench, bench);
+}
