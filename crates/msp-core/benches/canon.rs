@@ -3,11 +3,7 @@
 
 use std::hint::black_box;
 
-#[path = "support/clock.rs"]
-mod clock;
-
-use criterion::Criterion;
-use criterion::measurement::Measurement;
+use criterion::{Criterion, criterion_group, criterion_main};
 use msp_core::Endpoint;
 use msp_core::canon::{Destination, canonicalize, raw_path, traversal_guard};
 use msp_core::endpoint::EndpointAddrs;
@@ -16,7 +12,7 @@ const TOKEN: &[u8] = b"/metadata/identity/oauth2/token?api-version=2018-02-01&re
 const INSTANCE: &[u8] = b"/metadata/instance/compute?api-version=2021-02-01&format=json";
 const ABSOLUTE: &[u8] = b"http://169.254.169.254/metadata/instance?api-version=2021-02-01";
 
-fn bench<M: Measurement>(c: &mut Criterion<M>) {
+fn bench(c: &mut Criterion) {
     let addrs = EndpointAddrs::default();
     let imds = Destination::Endpoint(Endpoint::Imds);
     let mut group = c.benchmark_group("canon");
@@ -35,6 +31,5 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-fn main() {
-    clock::run(bench, bench);
-}
+criterion_group!(benches, bench);
+criterion_main!(benches);

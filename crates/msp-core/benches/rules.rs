@@ -4,11 +4,7 @@
 use std::fmt::Write as _;
 use std::hint::black_box;
 
-#[path = "support/clock.rs"]
-mod clock;
-
-use criterion::Criterion;
-use criterion::measurement::Measurement;
+use criterion::{Criterion, criterion_group, criterion_main};
 use msp_core::canon::{Destination, Request};
 use msp_core::endpoint::EndpointAddrs;
 use msp_core::rules::{CompiledItem, Decision, Items, authorize, decide, parse_item};
@@ -74,7 +70,7 @@ fn claims(user: usize) -> Claims {
     }
 }
 
-fn bench<M: Measurement>(c: &mut Criterion<M>) {
+fn bench(c: &mut Criterion) {
     let json = item_json();
     let doc = parse_item(&json).expect("bench item is valid");
     let item = CompiledItem::compile(&doc);
@@ -134,6 +130,5 @@ fn bench<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
-fn main() {
-    clock::run(bench, bench);
-}
+criterion_group!(benches, bench);
+criterion_main!(benches);
