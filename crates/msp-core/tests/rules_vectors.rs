@@ -21,7 +21,7 @@ fn item(doc: &Value, snapshot: &Value, key: &str) -> Option<CompiledItem> {
     let name = snapshot.get(key)?.as_str()?;
     let text = doc["items"][name].to_string();
     Some(CompiledItem::compile(
-        &parse_item(&text).unwrap_or_else(|e| panic!("item {name}: {e}")),
+        parse_item(&text).unwrap_or_else(|e| panic!("item {name}: {e}")),
     ))
 }
 

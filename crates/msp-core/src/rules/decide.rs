@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use super::compile::{CompiledItem, Entry};
+use super::compile::{CompiledItem, Entry, identity_matches};
+use super::doc::Privilege;
 use crate::canon::{CanonicalQuery, CanonicalRequest, Request};
 use crate::{Claims, Mode, Reason};
 
@@ -110,24 +111,26 @@ fn evaluate(
     claims: &Claims,
 ) -> Result<AllowedBy, Refusal> {
     let mut touched: Option<&Arc<str>> = None;
+    let rules = &item.rules;
     for prefix in segment_prefixes(request.path.joined()) {
         let Some(bucket) = item.index.by_pattern.get(prefix) else {
             continue;
         };
-        for entry in bucket.iter().filter(|e| touches(e, &request.query)) {
-            touched.get_or_insert(&entry.name);
-            if !grants(entry, &request.query) {
+        for entry in bucket {
+            let Some(privilege) = rules.privileges.get(entry.privilege) else {
+                continue;
+            };
+            if !touches(privilege, &request.query) {
                 continue;
             }
-            let matched = entry
-                .identities
-                .iter()
-                .filter_map(|&i| item.index.matchers.get(i))
-                .find(|m| m.matches(claims));
-            if let Some(identity) = matched {
+            touched.get_or_insert(&entry.name);
+            if !grants(privilege, &request.query) {
+                continue;
+            }
+            if let Some(identity) = matching_identity(item, entry, claims) {
                 return Ok(AllowedBy::Privilege {
                     privilege: entry.name.clone(),
-                    identity: identity.name.clone(),
+                    identity,
                 });
             }
         }
@@ -155,19 +158,31 @@ fn segment_prefixes(joined: &str) -> impl Iterator<Item = &str> {
         .filter_map(|end| joined.get(..end))
 }
 
+/// The first assigned identity, in name order, that matches the caller.
+fn matching_identity(item: &CompiledItem, entry: &Entry, claims: &Claims) -> Option<Arc<str>> {
+    let matches = |i: usize| {
+        item.rules
+            .identities
+            .get(i)
+            .is_some_and(|id| identity_matches(id, claims))
+    };
+    let at = entry.identities.iter().copied().find(|&i| matches(i))?;
+    item.index.identity_names.get(at).cloned()
+}
+
 /// Every required key is present with at least one equal value (spec §4.4).
-fn touches(entry: &Entry, query: &CanonicalQuery) -> bool {
-    entry
+fn touches(privilege: &Privilege, query: &CanonicalQuery) -> bool {
+    privilege
         .query
         .iter()
-        .all(|(k, v)| query.values(k).any(|x| x == &**v))
+        .all(|(k, v)| query.values(k).any(|x| x == v))
 }
 
 /// Every required key is present and all its values are equal (spec §4.4).
-fn grants(entry: &Entry, query: &CanonicalQuery) -> bool {
-    entry.query.iter().all(|(k, v)| {
+fn grants(privilege: &Privilege, query: &CanonicalQuery) -> bool {
+    privilege.query.iter().all(|(k, v)| {
         let mut values = query.values(k).peekable();
-        values.peek().is_some() && values.all(|x| x == &**v)
+        values.peek().is_some() && values.all(|x| x == v)
     })
 }
 

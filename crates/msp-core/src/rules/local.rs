@@ -95,7 +95,7 @@ pub enum LocalOutcome {
 /// Merges a local file into a host item (spec §4.7): the id becomes `<effective id>_<file id>` when the file has
 /// an id, a file `defaultAccess` replaces the host's, and the local lists are appended with every name and
 /// reference prefixed [`LOCAL_PREFIX`], also when already prefixed. The mode stays the host's.
-pub fn merge(host: &ItemDoc, local: &LocalDoc) -> Result<CompiledItem, RulesError> {
+pub fn merge(host: ItemDoc, local: LocalDoc) -> Result<CompiledItem, RulesError> {
     let effective = EffectiveId::decode(&host.id).id;
     let id = match &local.id {
         Some(file_id) => format!("{effective}_{file_id}"),
@@ -135,7 +135,7 @@ pub fn merge(host: &ItemDoc, local: &LocalDoc) -> Result<CompiledItem, RulesErro
     check_unique(rules.roles.iter().map(|r| &r.name), "rules.roles")?;
     check_unique(rules.identities.iter().map(|i| &i.name), "rules.identities")?;
     let default_access = local.default_access.unwrap_or(host.default_access);
-    Ok(CompiledItem::build(id, default_access, host.mode, &rules))
+    Ok(CompiledItem::build(id, default_access, host.mode, rules))
 }
 
 fn check_unique<'a>(names: impl Iterator<Item = &'a String>, list: &str) -> Result<(), RulesError> {
@@ -153,20 +153,21 @@ fn check_unique<'a>(names: impl Iterator<Item = &'a String>, list: &str) -> Resu
 
 /// The effective item of one endpoint (spec §4.7 table) for a valid host item. `file` is `None` where local
 /// rules never apply (HostGAPlugin).
-pub fn resolve(host: &ItemDoc, file: Option<LocalFile<'_>>) -> (CompiledItem, LocalOutcome) {
+pub fn resolve(host: ItemDoc, file: Option<LocalFile<'_>>) -> (CompiledItem, LocalOutcome) {
     let effective = EffectiveId::decode(&host.id);
+    let mode = host.mode;
     let Some(file) = file else {
         return (CompiledItem::compile(host), LocalOutcome::NotConsulted);
     };
     if !effective.use_local_rules {
         return (CompiledItem::compile(host), LocalOutcome::NotOptedIn);
     }
-    let fail_closed = || CompiledItem::fail_closed(effective.id.clone(), host.mode);
+    let fail_closed = || CompiledItem::fail_closed(effective.id.clone(), mode);
     match file {
         LocalFile::Missing => (CompiledItem::compile(host), LocalOutcome::Missing),
         LocalFile::Unreadable => (fail_closed(), LocalOutcome::Unreadable),
         LocalFile::Present(bytes) => {
-            match parse_local_file(bytes).and_then(|local| merge(host, &local)) {
+            match parse_local_file(bytes).and_then(|local| merge(host, local)) {
                 Ok(item) => (item, LocalOutcome::Merged),
                 Err(e) => (fail_closed(), LocalOutcome::Invalid(e)),
             }
@@ -203,7 +204,7 @@ impl Built {
 pub fn build_item(host_json: &str, file: Option<LocalFile<'_>>) -> Built {
     match parse_item(host_json) {
         Ok(doc) => {
-            let (item, local) = resolve(&doc, file);
+            let (item, local) = resolve(doc, file);
             Built {
                 item,
                 host_error: None,

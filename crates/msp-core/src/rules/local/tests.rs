@@ -69,12 +69,12 @@ fn conf_050_local_rules_need_the_opt_in() {
         b64(r#"{"id":"x","useLocalFileRules":false}"#),
     ] {
         let (item, outcome) = resolve(
-            &host(&id, "deny", "enforce"),
+            host(&id, "deny", "enforce"),
             Some(LocalFile::Present(LOCAL)),
         );
         assert_eq!(outcome, LocalOutcome::NotOptedIn);
         assert!(!item.default_allowed());
-        assert_eq!(item.privileges().keys().collect::<Vec<_>>(), ["p"]);
+        assert_eq!(item.privileges().keys().copied().collect::<Vec<_>>(), ["p"]);
     }
 }
 
@@ -82,7 +82,7 @@ fn conf_050_local_rules_need_the_opt_in() {
 fn conf_051_d7_a_local_mode_has_no_effect() {
     let local = br#"{"mode":"audit","defaultAccess":"deny"}"#;
     let (item, outcome) = resolve(
-        &host(OPTED_IN, "allow", "enforce"),
+        host(OPTED_IN, "allow", "enforce"),
         Some(LocalFile::Present(local)),
     );
     assert_eq!(outcome, LocalOutcome::Merged);
@@ -97,7 +97,7 @@ fn conf_052_bad_local_files_fail_closed_with_the_host_mode() {
         LocalFile::Present(b"{not json"),
         LocalFile::Present(br#"{"rules":{"roles":[{"name":"r"}]}}"#),
     ] {
-        let (item, outcome) = resolve(&host, Some(file));
+        let (item, outcome) = resolve(host.clone(), Some(file));
         assert!(matches!(outcome, LocalOutcome::Invalid(_)), "{outcome:?}");
         assert_eq!(
             (item.id(), item.mode(), item.default_allowed()),
@@ -105,33 +105,33 @@ fn conf_052_bad_local_files_fail_closed_with_the_host_mode() {
         );
         assert!(item.privileges().is_empty());
     }
-    let (item, outcome) = resolve(&host, Some(LocalFile::Unreadable));
+    let (item, outcome) = resolve(host.clone(), Some(LocalFile::Unreadable));
     assert_eq!(outcome, LocalOutcome::Unreadable);
     assert!(!item.default_allowed() && item.privileges().is_empty() && item.mode() == Mode::Audit);
     // Missing: the host item as is.
-    let (item, outcome) = resolve(&host, Some(LocalFile::Missing));
+    let (item, outcome) = resolve(host.clone(), Some(LocalFile::Missing));
     assert_eq!(outcome, LocalOutcome::Missing);
     assert!(item.default_allowed());
     // A leading BOM is accepted.
-    let (_, outcome) = resolve(&host, Some(LocalFile::Present(b"\xEF\xBB\xBF{}")));
+    let (_, outcome) = resolve(host.clone(), Some(LocalFile::Present(b"\xEF\xBB\xBF{}")));
     assert_eq!(outcome, LocalOutcome::Merged);
 }
 
 #[test]
 fn conf_053_local_names_are_prefixed_and_still_resolve() {
     let (item, outcome) = resolve(
-        &host(OPTED_IN, "deny", "enforce"),
+        host(OPTED_IN, "deny", "enforce"),
         Some(LocalFile::Present(LOCAL)),
     );
     assert_eq!(outcome, LocalOutcome::Merged);
     assert_eq!(item.id(), "imds-rules-7-useLocalFileRules-true_mine");
     assert!(item.default_allowed());
     assert_eq!(
-        item.privileges().keys().collect::<Vec<_>>(),
+        item.privileges().keys().copied().collect::<Vec<_>>(),
         ["LocalFileRules_LocalFileRules_q", "LocalFileRules_p", "p"]
     );
     assert_eq!(
-        item.identities().keys().collect::<Vec<_>>(),
+        item.identities().keys().copied().collect::<Vec<_>>(),
         ["LocalFileRules_i", "i"]
     );
     let assigned = item.privilege_assignments();
@@ -151,7 +151,7 @@ fn a_host_name_colliding_with_a_prefixed_local_name_fails_closed() {
     ))
     .unwrap();
     let (item, outcome) = resolve(
-        &host,
+        host.clone(),
         Some(LocalFile::Present(
             br#"{"rules":{"privileges":[{"name":"p","path":"/b"}]}}"#,
         )),
@@ -168,7 +168,7 @@ fn a_host_name_colliding_with_a_prefixed_local_name_fails_closed() {
 
 #[test]
 fn hostga_never_consults_local_files() {
-    let (item, outcome) = resolve(&host(OPTED_IN, "deny", "enforce"), None);
+    let (item, outcome) = resolve(host(OPTED_IN, "deny", "enforce"), None);
     assert_eq!(outcome, LocalOutcome::NotConsulted);
     assert_eq!(item.privileges().len(), 1);
 }
@@ -213,7 +213,7 @@ fn conf_037_invalid_host_items_fail_closed_keeping_id_and_mode() {
 
 #[test]
 fn computed_rules_serialise_in_the_spec_4_9_shape() {
-    let item = CompiledItem::compile(&host("ws-3", "deny", "enforce"));
+    let item = CompiledItem::compile(host("ws-3", "deny", "enforce"));
     let json = serde_json::to_value(&item).unwrap();
     assert_eq!(
         json,
