@@ -235,3 +235,58 @@ fn conf_037_an_item_with_no_readable_mode_disables_the_endpoint() {
         );
     }
 }
+
+mod totality {
+    use msp_core::rules::{EffectiveId, build_item, parse_item, parse_local_file};
+    use proptest::prelude::*;
+
+    /// Pieces of allowlist JSON, so generated documents get past the first byte.
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"",
+        "\\",
+        "\\u0000",
+        "\\ud800",
+        "\"name\"",
+        "\"path\"",
+        "\"rules\"",
+        "\"privileges\"",
+        "\"roles\"",
+        "\"identities\"",
+        "\"roleAssignments\"",
+        "\"defaultAccess\"",
+        "\"mode\"",
+        "\"id\"",
+        "\"allow\"",
+        "\"enforce\"",
+        "\"/a/..\"",
+        "\"p\"",
+        "null",
+        "true",
+        "1e5",
+        "-0",
+        " ",
+        "\u{FEFF}",
+    ];
+
+    fn jsonish() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..80).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        /// Rule documents are parsed without panicking whatever the input (spec §4.2, catalog D4).
+        #[test]
+        fn rules_parsing_is_total(text in prop_oneof![jsonish(), any::<String>()], bytes in any::<Vec<u8>>()) {
+            let _ = parse_item(&text);
+            let _ = build_item(&text, None);
+            let _ = parse_local_file(text.as_bytes());
+            let _ = parse_local_file(&bytes);
+            let _ = EffectiveId::decode(&text);
+        }
+    }
+}

@@ -249,9 +249,14 @@ impl Parser<'_> {
             .position(|b| b == b'"' || b == b'\\' || b < 0x20)
             .unwrap_or(rest.len());
         if rest.as_bytes().get(run) == Some(&b'"') {
-            let text = rest.get(..run).unwrap_or_default().to_owned();
+            // A raw NUL ends the run (it is a control byte), so only an escape can put one in a string.
+            let text = rest.get(..run).unwrap_or_default();
             self.pos += run + 1;
-            return self.checked(text);
+            return if text.len() > MAX_STRING_BYTES {
+                Err(RulesError::StringTooLong { path: self.here() })
+            } else {
+                Ok(text.to_owned())
+            };
         }
         let mut out = String::new();
         loop {
