@@ -54,13 +54,36 @@ pub struct LocalDoc {
 }
 
 /// The four lists of an item's `rules`; an absent list is empty (spec §4.1). Names are unique per list and every
-/// reference is defined in the same document.
+/// reference is defined in the same document. Only the parsers of this module (and the merge of spec §4.7) fill
+/// one, so a `RulesDoc` outside it is always a validated one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RulesDoc {
-    pub privileges: Vec<Privilege>,
-    pub roles: Vec<Role>,
-    pub identities: Vec<Identity>,
-    pub role_assignments: Vec<RoleAssignment>,
+    pub(crate) privileges: Vec<Privilege>,
+    pub(crate) roles: Vec<Role>,
+    pub(crate) identities: Vec<Identity>,
+    pub(crate) role_assignments: Vec<RoleAssignment>,
+}
+
+impl RulesDoc {
+    /// Privileges, in document order.
+    pub fn privileges(&self) -> &[Privilege] {
+        &self.privileges
+    }
+
+    /// Roles, in document order.
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    /// Identities, in document order.
+    pub fn identities(&self) -> &[Identity] {
+        &self.identities
+    }
+
+    /// Role assignments, in document order.
+    pub fn role_assignments(&self) -> &[RoleAssignment] {
+        &self.role_assignments
+    }
 }
 
 /// A URL privilege: a path prefix plus required query parameters (spec §4.1, §5.5).
