@@ -290,3 +290,96 @@ mod totality {
         }
     }
 }
+
+/// Spec §4.3: the order of privileges, roles and assignments never changes the result, including which
+/// privilege and identity a decision names.
+#[test]
+fn the_order_of_the_document_never_changes_a_decision() {
+    let privileges = [
+        r#"{"name":"b-inst","path":"/metadata/instance"}"#,
+        r#"{"name":"a-inst","path":"/metadata/instance","queryParameters":{"format":"json"}}"#,
+        r#"{"name":"root-all","path":"/"}"#,
+        r#"{"name":"c-compute","path":"/metadata/instance/compute"}"#,
+    ];
+    let roles = [
+        r#"{"name":"r1","privileges":["b-inst","a-inst"]}"#,
+        r#"{"name":"r2","privileges":["c-compute","root-all"]}"#,
+    ];
+    let identities = [
+        r#"{"name":"zed","userName":"root"}"#,
+        r#"{"name":"amy","exePath":"/usr/bin/curl"}"#,
+    ];
+    let assignments = [
+        r#"{"role":"r1","identities":["zed","amy"]}"#,
+        r#"{"role":"r2","identities":["amy"]}"#,
+    ];
+    let item = |reverse: bool| {
+        let list = |items: &[&str]| {
+            let mut v = items.to_vec();
+            if reverse {
+                v.reverse();
+            }
+            v.join(",")
+        };
+        let json = format!(
+            r#"{{"defaultAccess":"deny","mode":"enforce","id":"x","rules":{{"privileges":[{}],"roles":[{}],
+                "identities":[{}],"roleAssignments":[{}]}}}}"#,
+            list(&privileges),
+            list(&roles),
+            list(&identities),
+            list(&assignments)
+        );
+        let built = build_item(&json, None);
+        assert!(built.host_error.is_none(), "{:?}", built.host_error);
+        Items {
+            imds: Some(built.item),
+            ..Items::default()
+        }
+    };
+    let (forward, backward) = (item(false), item(true));
+    let mut nobody = root();
+    nobody.user_name = "nobody".into();
+    nobody.process_full_path = "/usr/bin/wget".into();
+    let targets = [
+        "/metadata/instance?format=json",
+        "/metadata/instance",
+        "/metadata/instance/compute",
+        "/other",
+    ];
+    for claims in [root(), nobody] {
+        for target in targets {
+            let dest = Destination::Endpoint(Endpoint::Imds);
+            let addrs = EndpointAddrs::default();
+            let request = Request {
+                method: "GET",
+                target: target.as_bytes(),
+                dest: &dest,
+                addrs: &addrs,
+            };
+            let a = authorize(&request, false, &claims, &forward);
+            let b = authorize(&request, false, &claims, &backward);
+            assert_eq!(a, b, "{target} as {}", claims.user_name);
+        }
+    }
+    // The shortest matching prefix is tried first: root-all (`/`), whose only identity is amy.
+    let dest = Destination::Endpoint(Endpoint::Imds);
+    let addrs = EndpointAddrs::default();
+    let request = Request {
+        method: "GET",
+        target: b"/metadata/instance?format=json",
+        dest: &dest,
+        addrs: &addrs,
+    };
+    match authorize(&request, false, &root(), &backward) {
+        Decision::Allow {
+            by:
+                AllowedBy::Privilege {
+                    privilege,
+                    identity,
+                },
+        } => {
+            assert_eq!((&*privilege, &*identity), ("root-all", "amy"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -6,20 +6,16 @@
 //! index refers into the owned document by position: compiling copies no privilege or identity, and evaluating
 //! allocates nothing per privilege.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use super::doc::{DefaultAccess, Identity, ItemDoc, Privilege, RulesDoc};
+use super::fnv::FnvMap;
 use super::local::EffectiveId;
 use crate::{Claims, Mode};
-
-/// A fixed-key hasher: `msp-core` has no randomness, and only the host's own rules are ever inserted.
-type FixedHasher = BuildHasherDefault<DefaultHasher>;
 
 /// One endpoint's allowlist, ready to evaluate; serialises as a computed item of spec §4.9.
 #[derive(Debug, Clone)]
@@ -36,7 +32,7 @@ pub struct CompiledItem {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Index {
     /// Canonical pattern (segments joined by `/`) → privileges with that pattern, in name order.
-    pub(super) by_pattern: HashMap<Box<str>, Vec<Entry>, FixedHasher>,
+    pub(super) by_pattern: FnvMap<Box<str>, Vec<Entry>>,
     /// Identity names, shared with the decisions that cite them; parallel to `rules.identities`.
     pub(super) identity_names: Vec<Arc<str>>,
 }
@@ -158,44 +154,51 @@ impl CompiledItem {
 
 impl Index {
     fn new(rules: &RulesDoc) -> Index {
-        let identities: BTreeMap<&str, usize> = rules
+        // Identity positions ranked by name, so assigned identities sort by name with integer compares.
+        let mut by_name: Vec<usize> = (0..rules.identities.len()).collect();
+        by_name.sort_by(|&a, &b| identity_name(rules, a).cmp(identity_name(rules, b)));
+        let mut rank = vec![0; by_name.len()];
+        for (r, &i) in by_name.iter().enumerate() {
+            if let Some(slot) = rank.get_mut(i) {
+                *slot = r;
+            }
+        }
+        let identities: FnvMap<&str, usize> = rules
             .identities
             .iter()
             .enumerate()
             .map(|(i, id)| (id.name.as_str(), i))
             .collect();
-        let roles: BTreeMap<&str, &[String]> = rules
+        let roles: FnvMap<&str, &[String]> = rules
             .roles
             .iter()
             .map(|r| (r.name.as_str(), r.privileges.as_slice()))
             .collect();
-        // Privilege → assigned identity names; a BTreeSet keeps them unique and in name order.
-        let mut assigned: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        // Privilege → positions of the identities of every assignment whose role lists it.
+        let mut assigned: FnvMap<&str, Vec<usize>> = FnvMap::default();
         for assignment in &rules.role_assignments {
+            let ids = assignment
+                .identities
+                .iter()
+                .filter_map(|n| identities.get(n.as_str()).copied());
+            let ids: Vec<usize> = ids.collect();
             for privilege in roles
                 .get(assignment.role.as_str())
                 .copied()
                 .unwrap_or_default()
             {
-                assigned
-                    .entry(privilege)
-                    .or_default()
-                    .extend(assignment.identities.iter().map(String::as_str));
+                assigned.entry(privilege.as_str()).or_default().extend(&ids);
             }
         }
-        let mut by_name: Vec<(usize, &Privilege)> = rules.privileges.iter().enumerate().collect();
-        by_name.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-        let mut by_pattern: HashMap<Box<str>, Vec<Entry>, FixedHasher> = HashMap::default();
-        for (at, privilege) in by_name {
-            let names = assigned.get(privilege.name.as_str());
+        let mut by_pattern: FnvMap<Box<str>, Vec<Entry>> = FnvMap::default();
+        for (at, privilege) in rules.privileges.iter().enumerate() {
+            let mut ids = assigned.remove(privilege.name.as_str()).unwrap_or_default();
+            ids.sort_by_key(|&i| rank.get(i).copied().unwrap_or(usize::MAX));
+            ids.dedup();
             let entry = Entry {
                 name: Arc::from(privilege.name.as_str()),
                 privilege: at,
-                identities: names
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| identities.get(n).copied())
-                    .collect(),
+                identities: ids.into(),
             };
             match by_pattern.get_mut(privilege.pattern.joined()) {
                 Some(bucket) => bucket.push(entry),
@@ -203,6 +206,10 @@ impl Index {
                     by_pattern.insert(privilege.pattern.joined().into(), vec![entry]);
                 }
             }
+        }
+        // Name order within each bucket: the order of the document never matters (spec §4.3).
+        for bucket in by_pattern.values_mut() {
+            bucket.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let identity_names = rules
             .identities
@@ -214,6 +221,14 @@ impl Index {
             identity_names,
         }
     }
+}
+
+fn identity_name(rules: &RulesDoc, at: usize) -> &str {
+    rules
+        .identities
+        .get(at)
+        .map(|i| i.name.as_str())
+        .unwrap_or_default()
 }
 
 impl Serialize for CompiledItem {

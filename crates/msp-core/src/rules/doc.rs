@@ -4,11 +4,10 @@
 //! This module never accepts a document partly: one failed check refuses the whole document (the caller then
 //! fails closed). It never resolves duplicate names or keys by order, and never drops an unknown reference.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
 use super::error::{JsonPath, JsonSyntax, JsonType, RulesError};
+use super::fnv::FnvSet;
 use super::json::{self, At, Json};
 use crate::Mode;
 use crate::canon::{CanonicalPath, canonicalize_pattern, decode_component};
@@ -266,15 +265,15 @@ fn rules_doc(rules: Option<&Json>, at: At<'_>) -> Result<RulesDoc, RulesError> {
     };
     expect_object(rules, at)?;
     let privileges = privileges(array(rules, "privileges", at)?, at.key("privileges"))?;
-    let privilege_names: BTreeSet<&str> = privileges.iter().map(|p| p.name.as_str()).collect();
+    let privilege_names: FnvSet<&str> = privileges.iter().map(|p| p.name.as_str()).collect();
     let roles = roles(
         array(rules, "roles", at)?,
         at.key("roles"),
         &privilege_names,
     )?;
     let identities = identities(array(rules, "identities", at)?, at.key("identities"))?;
-    let role_names: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
-    let identity_names: BTreeSet<&str> = identities.iter().map(|i| i.name.as_str()).collect();
+    let role_names: FnvSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    let identity_names: FnvSet<&str> = identities.iter().map(|i| i.name.as_str()).collect();
     let role_assignments = assignments(
         array(rules, "roleAssignments", at)?,
         at.key("roleAssignments"),
@@ -290,7 +289,7 @@ fn rules_doc(rules: Option<&Json>, at: At<'_>) -> Result<RulesDoc, RulesError> {
 }
 
 /// Checks that `name` is new in `seen` (spec §4.2 checks 2–4).
-fn unique<'j>(seen: &mut BTreeSet<&'j str>, name: &'j str, at: At<'_>) -> Result<(), RulesError> {
+fn unique<'j>(seen: &mut FnvSet<&'j str>, name: &'j str, at: At<'_>) -> Result<(), RulesError> {
     if seen.insert(name) {
         Ok(())
     } else {
@@ -302,7 +301,7 @@ fn unique<'j>(seen: &mut BTreeSet<&'j str>, name: &'j str, at: At<'_>) -> Result
 }
 
 fn privileges(items: &[Json], at: At<'_>) -> Result<Vec<Privilege>, RulesError> {
-    let mut seen = BTreeSet::new();
+    let mut seen = FnvSet::default();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = at.index(i);
@@ -370,7 +369,7 @@ fn references(
     object: &Json,
     key: &str,
     at: At<'_>,
-    defined: &BTreeSet<&str>,
+    defined: &FnvSet<&str>,
     undefined: fn(JsonPath, String) -> RulesError,
 ) -> Result<Vec<String>, RulesError> {
     let list_at = at.key(key);
@@ -393,7 +392,7 @@ fn references(
             path: list_at.path(),
         });
     }
-    let mut seen = BTreeSet::new();
+    let mut seen = FnvSet::default();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = list_at.index(i);
@@ -418,8 +417,8 @@ fn references(
     Ok(out)
 }
 
-fn roles(items: &[Json], at: At<'_>, privileges: &BTreeSet<&str>) -> Result<Vec<Role>, RulesError> {
-    let mut seen = BTreeSet::new();
+fn roles(items: &[Json], at: At<'_>, privileges: &FnvSet<&str>) -> Result<Vec<Role>, RulesError> {
+    let mut seen = FnvSet::default();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = at.index(i);
@@ -438,7 +437,7 @@ fn roles(items: &[Json], at: At<'_>, privileges: &BTreeSet<&str>) -> Result<Vec<
 }
 
 fn identities(items: &[Json], at: At<'_>) -> Result<Vec<Identity>, RulesError> {
-    let mut seen = BTreeSet::new();
+    let mut seen = FnvSet::default();
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = at.index(i);
@@ -475,8 +474,8 @@ fn identities(items: &[Json], at: At<'_>) -> Result<Vec<Identity>, RulesError> {
 fn assignments(
     items: &[Json],
     at: At<'_>,
-    roles: &BTreeSet<&str>,
-    identities: &BTreeSet<&str>,
+    roles: &FnvSet<&str>,
+    identities: &FnvSet<&str>,
 ) -> Result<Vec<RoleAssignment>, RulesError> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

@@ -14,6 +14,7 @@ mod compile;
 mod decide;
 mod doc;
 mod error;
+mod fnv;
 mod json;
 mod local;
 
