@@ -98,6 +98,15 @@ reasons! {
     VmUnknown = ("VM_UNKNOWN", 403),
     /// A second key request after latching: a latched key is never handed out again.
     KeyLatched = ("KEY_LATCHED", 409),
+    // --- host services (msp-host, extension)
+    /// IMDS refuses requests carrying `X-Forwarded-For` (they came through a proxy, spec §12.4).
+    ForwardedRefused = ("FORWARDED_REFUSED", 400),
+    /// IMDS: `api-version` missing or not a supported version.
+    ApiVersionInvalid = ("API_VERSION_INVALID", 400),
+    /// The host serves nothing at this path (or not with this method).
+    NotFound = ("NOT_FOUND", 404),
+    /// A request body did not arrive within the host's body timeout.
+    BodyTimeout = ("BODY_TIMEOUT", 408),
 }
 
 impl Reason {

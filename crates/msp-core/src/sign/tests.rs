@@ -1,0 +1,248 @@
+use super::*;
+use std::time::Duration;
+
+const KEY: &str = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59";
+const GUID: &str = "9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf";
+const DATE: &str = "Wed, 23 Apr 2025 12:00:00 GMT";
+
+fn key() -> SigningKey {
+    SigningKey::from_hex(KEY).unwrap()
+}
+
+/// A signed request: headers plus a valid authorization header for them.
+fn signed(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let sig = {
+        let p = RequestParts {
+            method: b"GET",
+            target: b"/metadata/instance?api-version=2021-02-01",
+            headers: headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            body: b"",
+        };
+        p.sign(&key())
+    };
+    headers.push((
+        AUTHORIZATION_HEADER.into(),
+        authorization_value(&KeyGuid::parse(GUID).unwrap(), &sig),
+    ));
+    headers
+}
+
+fn base_headers() -> Vec<(String, String)> {
+    vec![
+        ("Host".into(), "169.254.169.254".into()),
+        ("Metadata".into(), "true".into()),
+        (
+            CLAIMS_HEADER.into(),
+            crate::claims::host_claims_header(true).into(),
+        ),
+        (DATE_HEADER.into(), DATE.into()),
+    ]
+}
+
+fn verify_at(
+    headers: &[(String, String)],
+    now: SystemTime,
+) -> std::result::Result<Verified, Reason> {
+    let p = RequestParts {
+        method: b"GET",
+        target: b"/metadata/instance?api-version=2021-02-01",
+        headers: headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        body: b"",
+    };
+    let guid = KeyGuid::parse(GUID).unwrap();
+    verify_request(
+        &p,
+        |g| (g == &guid).then(key),
+        now,
+        DEFAULT_FRESHNESS_WINDOW,
+    )
+}
+
+fn date() -> SystemTime {
+    parse_host_date(DATE).unwrap()
+}
+
+#[test]
+fn b8_valid_request_verifies_with_is_root() {
+    let v = verify_at(&signed(base_headers()), date()).unwrap();
+    assert!(v.is_root);
+}
+
+#[test]
+fn conf_094_missing_authorization_is_auth_missing() {
+    assert_eq!(verify_at(&base_headers(), date()), Err(Reason::AuthMissing));
+}
+
+#[test]
+fn b8_malformed_authorization_is_auth_malformed() {
+    for bad in [
+        "Azure-HMAC-SHA256",
+        "Bearer 9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf ee133dcab0d113119c8fa056fd21c9dab7b467840afe7f5d9ee04e0f79fd5726",
+        "Azure-HMAC-SHA256 not-a-guid ee133dcab0d113119c8fa056fd21c9dab7b467840afe7f5d9ee04e0f79fd5726",
+        "Azure-HMAC-SHA256 9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf zz133dcab0d113119c8fa056fd21c9dab7b467840afe7f5d9ee04e0f79fd5726",
+        "Azure-HMAC-SHA256 9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf ee13",
+        "Azure-HMAC-SHA256  9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf ee133dcab0d113119c8fa056fd21c9dab7b467840afe7f5d9ee04e0f79fd5726",
+    ] {
+        let mut h = base_headers();
+        h.push((AUTHORIZATION_HEADER.into(), bad.into()));
+        assert_eq!(verify_at(&h, date()), Err(Reason::AuthMalformed), "{bad}");
+    }
+}
+
+#[test]
+fn conf_094_unknown_guid_is_key_unknown() {
+    let mut h = signed(base_headers());
+    let last = h.last_mut().unwrap();
+    last.1 = last.1.replace(GUID, "00000000-0000-0000-0000-000000000000");
+    assert_eq!(verify_at(&h, date()), Err(Reason::KeyUnknown));
+}
+
+#[test]
+fn conf_094_date_301_seconds_off_is_date_skew_either_way() {
+    let h = signed(base_headers());
+    assert!(verify_at(&h, date() + Duration::from_secs(300)).is_ok());
+    assert_eq!(
+        verify_at(&h, date() + Duration::from_secs(301)),
+        Err(Reason::DateSkew)
+    );
+    assert_eq!(
+        verify_at(&h, date() - Duration::from_secs(301)),
+        Err(Reason::DateSkew)
+    );
+    // Host time is truncated to whole seconds before comparing.
+    assert!(verify_at(&h, date() + Duration::from_millis(300_999)).is_ok());
+}
+
+#[test]
+fn b8_missing_or_obsolete_date_is_date_missing() {
+    for date_value in [
+        None,
+        Some("Wednesday, 23-Apr-25 12:00:00 GMT"),
+        Some("2025-04-23T12:00:00Z"),
+    ] {
+        let mut h: Vec<_> = base_headers()
+            .into_iter()
+            .filter(|(n, _)| n != DATE_HEADER)
+            .collect();
+        if let Some(d) = date_value {
+            h.push((DATE_HEADER.into(), d.into()));
+        }
+        assert_eq!(
+            verify_at(&signed(h), date()),
+            Err(Reason::DateMissing),
+            "{date_value:?}"
+        );
+    }
+}
+
+#[test]
+fn b8_claims_must_carry_string_is_root() {
+    for claims in [
+        r#"{"isRoot": true}"#,
+        r#"{"isRoot": "yes"}"#,
+        "not json",
+        "{}",
+    ] {
+        let mut h = base_headers();
+        h.retain(|(n, _)| n != CLAIMS_HEADER);
+        h.push((CLAIMS_HEADER.into(), claims.into()));
+        assert_eq!(
+            verify_at(&signed(h), date()),
+            Err(Reason::ClaimsInvalid),
+            "{claims}"
+        );
+    }
+}
+
+#[test]
+fn b4_tampered_header_is_sig_mismatch() {
+    let mut h = signed(base_headers());
+    let claims = h.iter_mut().find(|(n, _)| n == CLAIMS_HEADER).unwrap();
+    claims.1 = crate::claims::host_claims_header(false).into();
+    assert_eq!(verify_at(&h, date()), Err(Reason::SigMismatch));
+}
+
+#[test]
+fn signature_verifies_only_with_its_own_key() {
+    let h = signed(base_headers());
+    let p = RequestParts {
+        method: b"GET",
+        target: b"/metadata/instance?api-version=2021-02-01",
+        headers: h.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        body: b"",
+    };
+    let sig = p.sign(&key());
+    assert!(p.verify(&key(), &sig));
+    let mut other = *key().as_bytes();
+    other[0] ^= 1;
+    assert!(!p.verify(&SigningKey::from_bytes(other), &sig));
+}
+
+#[test]
+fn key_hex_must_be_exactly_32_bytes() {
+    assert!(SigningKey::from_hex(&KEY[..62]).is_err());
+    assert!(SigningKey::from_hex(&format!("{KEY}00")).is_err());
+    assert!(SigningKey::from_hex(&KEY.replace('4', "g")).is_err());
+    assert_eq!(format!("{:?}", key()), "SigningKey(***)");
+}
+
+#[test]
+fn guid_shape_is_checked() {
+    assert!(KeyGuid::parse(GUID).is_ok());
+    assert!(KeyGuid::parse(&GUID.to_uppercase()).is_ok());
+    assert!(KeyGuid::parse("9cf81e9703164ad394a78ccbdee8ccbf").is_err());
+    assert!(KeyGuid::parse("9cf81e97-0316-4ad3-94a7-8ccbdee8ccbg").is_err());
+    assert!(KeyGuid::parse("").is_err());
+}
+
+#[test]
+fn host_date_round_trips_and_rejects_other_forms() {
+    let t = date();
+    assert_eq!(format_host_date(t), DATE);
+    assert!(parse_host_date(" Wed, 23 Apr 2025 12:00:00 GMT").is_err());
+    assert!(parse_host_date("Sun Nov  6 08:49:37 1994").is_err());
+}
+
+#[test]
+fn trim_ows_keeps_inner_whitespace() {
+    assert_eq!(trim_ows(b" \ta b\t "), b"a b");
+    assert_eq!(trim_ows(b"   "), b"");
+    assert_eq!(trim_ows(b""), b"");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn signing_never_panics_and_verifies(method in proptest::collection::vec(any::<u8>(), 0..16),
+                                             target in proptest::collection::vec(any::<u8>(), 0..256),
+                                             headers in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..16), proptest::collection::vec(any::<u8>(), 0..32)), 0..8),
+                                             body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let p = RequestParts {
+                method: &method,
+                target: &target,
+                headers: headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                body: &body,
+            };
+            let sig = p.sign(&key());
+            prop_assert!(p.verify(&key(), &sig));
+        }
+
+        #[test]
+        fn header_order_between_names_does_not_matter(values in proptest::collection::vec("[a-z]{1,8}", 3)) {
+            let names = ["a-one", "b-two", "c-three"];
+            let fwd: Vec<(&[u8], &[u8])> = names.iter().zip(&values).map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+            let rev: Vec<(&[u8], &[u8])> = fwd.iter().rev().copied().collect();
+            let a = RequestParts { method: b"GET", target: b"/", headers: fwd.iter().copied(), body: b"" };
+            let b = RequestParts { method: b"GET", target: b"/", headers: rev.iter().copied(), body: b"" };
+            prop_assert_eq!(a.signature_input(), b.signature_input());
+        }
+
+        #[test]
+        fn parse_authorization_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_authorization(&bytes);
+        }
+    }
+}
