@@ -134,3 +134,32 @@ pub enum RulesError {
     #[error("{path}: identity has no selector (userName, groupName, exePath or processName)")]
     NoSelector { path: JsonPath },
 }
+
+impl RulesError {
+    /// Where the check failed (`None` for a document over the size limit), e.g. for a per-field error report.
+    pub fn path(&self) -> Option<&JsonPath> {
+        match self {
+            RulesError::DocumentTooLarge { .. } => None,
+            RulesError::Syntax { path, .. }
+            | RulesError::TooDeep { path }
+            | RulesError::ArrayTooLong { path }
+            | RulesError::StringTooLong { path }
+            | RulesError::Nul { path }
+            | RulesError::RepeatedKey { path, .. }
+            | RulesError::Missing { path }
+            | RulesError::WrongType { path, .. }
+            | RulesError::Blank { path }
+            | RulesError::BadDefaultAccess { path, .. }
+            | RulesError::BadMode { path, .. }
+            | RulesError::BadPattern { path, .. }
+            | RulesError::BadQueryParameter { path, .. }
+            | RulesError::DuplicateName { path, .. }
+            | RulesError::EmptyList { path }
+            | RulesError::RepeatedReference { path, .. }
+            | RulesError::UndefinedPrivilege { path, .. }
+            | RulesError::UndefinedRole { path, .. }
+            | RulesError::UndefinedIdentity { path, .. }
+            | RulesError::NoSelector { path } => Some(path),
+        }
+    }
+}

@@ -157,6 +157,14 @@ fn references_must_be_defined_unrepeated_and_present() {
         )),
         r#"rules.roles[0].privileges[1]: undefined privilege "p9""#
     );
+    let e = parse_item(&item(&format!(
+        r#"{{{p},"roles":[{{"name":"r","privileges":["p9"]}}]}}"#
+    )))
+    .unwrap_err();
+    assert_eq!(
+        e.path().map(JsonPath::as_str),
+        Some("rules.roles[0].privileges[0]")
+    );
     assert_eq!(
         error_of(&format!(
             r#"{{{p},"roles":[{{"name":"r","privileges":["p1","p1"]}}]}}"#
