@@ -3,6 +3,7 @@
 //! Wire spellings are parsed here once; after this boundary code matches on enums, never on strings.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// A fabric endpoint: a destination the agent intercepts and the host serves (spec §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +90,60 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The configured address of each fabric endpoint (spec §1.3): one source for redirection, the authorizer's
+/// destination table and destination classification (spec §5.4). Defaults are the real addresses of §1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointAddrs {
+    /// WireServer, default `168.63.129.16:80`.
+    pub wireserver: SocketAddr,
+    /// HostGAPlugin, default `168.63.129.16:32526`.
+    pub hostga: SocketAddr,
+    /// IMDS, default `169.254.169.254:80`.
+    pub imds: SocketAddr,
+}
+
+impl Default for EndpointAddrs {
+    fn default() -> Self {
+        let fabric = IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16));
+        EndpointAddrs {
+            wireserver: SocketAddr::new(fabric, 80),
+            hostga: SocketAddr::new(fabric, 32526),
+            imds: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
+        }
+    }
+}
+
+impl EndpointAddrs {
+    /// The configured address of `endpoint`.
+    pub fn addr(&self, endpoint: Endpoint) -> SocketAddr {
+        match endpoint {
+            Endpoint::WireServer => self.wireserver,
+            Endpoint::HostGaPlugin => self.hostga,
+            Endpoint::Imds => self.imds,
+        }
+    }
+
+    /// The endpoint configured at `addr`, if any. IPv4-mapped IPv6 addresses compare as their IPv4 form
+    /// (spec §5.4); the first of WireServer, HostGAPlugin, IMDS wins if two are configured alike.
+    pub fn endpoint_at(&self, addr: SocketAddr) -> Option<Endpoint> {
+        let want = unmap(addr);
+        Endpoint::ALL
+            .into_iter()
+            .find(|&e| unmap(self.addr(e)) == want)
+    }
+}
+
+/// `[::ffff:a.b.c.d]:p` → `a.b.c.d:p`; any other address unchanged.
+pub(crate) fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +155,17 @@ mod tests {
         assert_eq!(Mode::parse("disabled"), Some(Mode::Disabled));
         assert_eq!(Mode::parse("enforced"), None);
         assert_eq!(Mode::parse(""), None);
+    }
+
+    #[test]
+    fn default_addrs_are_spec_1_1() {
+        let a = EndpointAddrs::default();
+        assert_eq!(a.wireserver.to_string(), "168.63.129.16:80");
+        assert_eq!(a.hostga.to_string(), "168.63.129.16:32526");
+        assert_eq!(a.imds.to_string(), "169.254.169.254:80");
+        assert_eq!(a.endpoint_at(a.hostga), Some(Endpoint::HostGaPlugin));
+        let mapped: SocketAddr = "[::ffff:169.254.169.254]:80".parse().unwrap();
+        assert_eq!(a.endpoint_at(mapped), Some(Endpoint::Imds));
+        assert_eq!(a.endpoint_at("169.254.169.254:81".parse().unwrap()), None);
     }
 }

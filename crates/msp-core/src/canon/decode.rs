@@ -1,0 +1,161 @@
+//! Percent-decoding and the byte checks shared by path and query (spec §5.2 steps 5.2–5.5, §5.3), and the
+//! traversal guard of step 0. Decoding happens exactly once: a decoded `%` never starts another escape.
+
+use super::CanonError;
+
+/// The value of one ASCII hex digit.
+pub(super) fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The byte an escape at `raw[i]` (`%` `h` `l`) stands for, if it is a well-formed escape.
+fn escape_at(raw: &[u8], i: usize) -> Option<u8> {
+    let hi = hex_value(*raw.get(i + 1)?)?;
+    let lo = hex_value(*raw.get(i + 2)?)?;
+    Some(hi << 4 | lo)
+}
+
+/// Step 0 (spec §5.2): a raw path holding `//`, or `..` after one lenient decode (a `%` that starts no
+/// well-formed escape is kept as is), is refused with [`CanonError::PathTraversal`].
+pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
+    if raw_path.windows(2).any(|w| w == b"//") {
+        return Err(CanonError::PathTraversal);
+    }
+    let mut prev_dot = false;
+    let mut i = 0;
+    while let Some(&b) = raw_path.get(i) {
+        let (byte, width) = match (b, escape_at(raw_path, i)) {
+            (b'%', Some(decoded)) => (decoded, 3),
+            _ => (b, 1),
+        };
+        let dot = byte == b'.';
+        if dot && prev_dot {
+            return Err(CanonError::PathTraversal);
+        }
+        prev_dot = dot;
+        i += width;
+    }
+    Ok(())
+}
+
+/// Step 5.2: decodes every `%XX` once (and `+` as SP when `plus_is_space`, spec §5.3) into a new buffer.
+pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, CanonError> {
+    // Most paths and parameters hold no escape at all: copy them in one go.
+    if !raw
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'%' => {
+                out.push(escape_at(raw, i).ok_or(CanonError::MalformedPercent)?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Steps 5.3–5.5 on decoded bytes: overlong leads, then UTF-8 validity (never replaced), then control
+/// characters. Returns the bytes as a `String` without copying.
+pub(super) fn into_text(decoded: Vec<u8>) -> Result<String, CanonError> {
+    let overlong = !decoded.is_ascii()
+        && decoded.iter().enumerate().any(|(i, &b)| {
+            let next = decoded.get(i + 1).copied().unwrap_or(0);
+            matches!(b, 0xC0 | 0xC1)
+                || (b == 0xE0 && (0x80..=0x9F).contains(&next))
+                || (b == 0xF0 && (0x80..=0x8F).contains(&next))
+        });
+    if overlong {
+        return Err(CanonError::OverlongUtf8);
+    }
+    let text = String::from_utf8(decoded).map_err(|_| CanonError::InvalidUtf8)?;
+    // Multi-byte UTF-8 sequences only hold bytes >= 0x80, so a byte test finds exactly the control characters.
+    if text.bytes().any(|b| b < 0x20 || b == 0x7F) {
+        return Err(CanonError::ControlChar);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_refuses_double_slash_and_dot_dot_in_any_spelling() {
+        for bad in [
+            "//a",
+            "/a//",
+            "/a/../b",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a..b",
+            "/%2E.",
+        ] {
+            assert_eq!(
+                traversal_guard(bad.as_bytes()),
+                Err(CanonError::PathTraversal),
+                "{bad}"
+            );
+        }
+        for ok in [
+            "/",
+            "/a/./b",
+            "/a.b/c.d",
+            "/a%2F%2Fb",
+            "/%.%.",
+            "/%2.",
+            "/.%2",
+        ] {
+            assert_eq!(traversal_guard(ok.as_bytes()), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn decode_is_single_pass() {
+        assert_eq!(percent_decode(b"%252F", false).unwrap(), b"%2F");
+        assert_eq!(percent_decode(b"a+b", false).unwrap(), b"a+b");
+        assert_eq!(percent_decode(b"a+b", true).unwrap(), b"a b");
+        assert_eq!(
+            percent_decode(b"%2", false),
+            Err(CanonError::MalformedPercent)
+        );
+        assert_eq!(
+            percent_decode(b"%zz", false),
+            Err(CanonError::MalformedPercent)
+        );
+    }
+
+    #[test]
+    fn text_checks_run_in_spec_order() {
+        assert_eq!(into_text(vec![0xC0, 0xAF]), Err(CanonError::OverlongUtf8));
+        assert_eq!(
+            into_text(vec![0xE0, 0x9F, 0xBF]),
+            Err(CanonError::OverlongUtf8)
+        );
+        assert_eq!(
+            into_text(vec![0xF0, 0x8F, 0xBF, 0xBF]),
+            Err(CanonError::OverlongUtf8)
+        );
+        assert_eq!(into_text(vec![b'\n', 0xFF]), Err(CanonError::InvalidUtf8));
+        assert_eq!(into_text(vec![b'a', 0x7F]), Err(CanonError::ControlChar));
+        assert_eq!(into_text("ı".as_bytes().to_vec()).unwrap(), "ı");
+    }
+}

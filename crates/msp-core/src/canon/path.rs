@@ -1,0 +1,177 @@
+//! Path canonicalisation (spec §5.2 step 5) for request paths and privilege patterns (spec §5.5).
+//!
+//! A canonical path is a list of lowercase ASCII segments plus a trailing-slash bit. Segments never hold `/`
+//! (a decoded `%2F` splits), so they are stored joined by `/` in one string and a segment-aware prefix test is a
+//! string comparison with a boundary check. This module never resolves anything against a file system.
+
+use std::fmt;
+
+use super::CanonError;
+use super::decode::{into_text, percent_decode};
+
+/// The canonical form of a path: what the matcher compares (spec §4.4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct CanonicalPath {
+    /// Segments joined by `/`, without a leading `/`; empty for the root.
+    joined: String,
+    /// The raw path was longer than 1 and ended in `/` (never set for the root).
+    trailing_slash: bool,
+}
+
+impl CanonicalPath {
+    /// Segments joined by `/`, without a leading `/`: `metadata/identity`; `""` for the root.
+    pub fn joined(&self) -> &str {
+        &self.joined
+    }
+
+    /// The segments, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.joined.split('/').filter(|s| !s.is_empty())
+    }
+
+    /// Whether the raw path ended in `/`. Rendered, but never compared by the matcher (spec §4.4).
+    pub fn trailing_slash(&self) -> bool {
+        self.trailing_slash
+    }
+
+    /// No segment at all: `/`, which as a pattern matches every path.
+    pub fn is_root(&self) -> bool {
+        self.joined.is_empty()
+    }
+
+    /// Segment-aware prefix (spec §4.4): `/metadata` is a prefix of `/metadata/instance`, not of `/metadata-x`.
+    pub fn is_prefix_of(&self, other: &CanonicalPath) -> bool {
+        let (p, o) = (self.joined.as_str(), other.joined.as_str());
+        p.is_empty() || (o.starts_with(p) && matches!(o.as_bytes().get(p.len()), None | Some(b'/')))
+    }
+
+    /// The rendering: `/` + segments joined by `/` with `%`, `#` and SP escaped, plus `/` when the bit is set.
+    pub fn render(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for CanonicalPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("/")?;
+        // Escaping `%` keeps the rendering canonical under a second pass (spec §5.8): `%2f` renders `%252f`.
+        let mut rest = self.joined.as_str();
+        while let Some(at) = rest.find(['%', '#', ' ']) {
+            let (plain, tail) = rest.split_at(at);
+            f.write_str(plain)?;
+            let mut chars = tail.chars();
+            f.write_str(match chars.next() {
+                Some('%') => "%25",
+                Some('#') => "%23",
+                _ => "%20",
+            })?;
+            rest = chars.as_str();
+        }
+        f.write_str(rest)?;
+        if self.trailing_slash {
+            f.write_str("/")?;
+        }
+        Ok(())
+    }
+}
+
+/// Canonicalises a raw request path (spec §5.2 step 5): decode once, check bytes, lowercase, resolve segments.
+pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
+    // 5.1: the trailing-slash bit comes from the raw bytes.
+    let trailing_slash = raw.len() > 1 && raw.last() == Some(&b'/');
+    // 5.2–5.5
+    let mut text = into_text(percent_decode(raw, false)?)?;
+    // 5.6, 5.7
+    if !text.is_ascii() {
+        return Err(CanonError::NonAscii);
+    }
+    if text.contains('?') {
+        return Err(CanonError::EmbeddedQuery);
+    }
+    // 5.8
+    text.make_ascii_lowercase();
+    // 5.9
+    let mut joined = String::with_capacity(text.len());
+    for piece in text.split('/') {
+        let segment = piece.split(';').next().unwrap_or_default();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if joined.is_empty() {
+                    return Err(CanonError::PathUnderflow);
+                }
+                joined.truncate(joined.rfind('/').unwrap_or(0));
+            }
+            _ if segment.ends_with('.') || segment.contains(' ') => {
+                return Err(CanonError::AmbiguousSegment);
+            }
+            _ => {
+                if !joined.is_empty() {
+                    joined.push('/');
+                }
+                joined.push_str(segment);
+            }
+        }
+    }
+    // 5.10
+    let trailing_slash = trailing_slash && !joined.is_empty();
+    Ok(CanonicalPath {
+        joined,
+        trailing_slash,
+    })
+}
+
+/// Canonicalises a privilege `path` (spec §5.5): step 5 with a missing leading `/` added.
+pub fn canonicalize_pattern(path: &str) -> Result<CanonicalPath, CanonError> {
+    if path.starts_with('/') {
+        canonicalize_path(path.as_bytes())
+    } else {
+        canonicalize_path(format!("/{path}").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(raw: &str) -> Result<String, CanonError> {
+        canonicalize_path(raw.as_bytes()).map(|p| p.render())
+    }
+
+    #[test]
+    fn segments_resolve_and_render() {
+        assert_eq!(canon("/a/b/./c/../d;x=1/").unwrap(), "/a/b/d/");
+        assert_eq!(canon("/a/..").unwrap(), "/");
+        assert_eq!(canon("//").unwrap(), "/");
+        assert_eq!(canon("/a%23b/%2525").unwrap(), "/a%23b/%2525");
+        assert_eq!(canon("/;x/a").unwrap(), "/a");
+        assert_eq!(canon("/a/..;x/b").unwrap(), "/b");
+    }
+
+    #[test]
+    fn ambiguous_segments_are_refused() {
+        assert_eq!(canon("/token."), Err(CanonError::AmbiguousSegment));
+        assert_eq!(canon("/a/.../b"), Err(CanonError::AmbiguousSegment));
+        assert_eq!(canon("/a%20b"), Err(CanonError::AmbiguousSegment));
+        assert_eq!(canon("/a b"), Err(CanonError::AmbiguousSegment));
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        let p = |s: &str| canonicalize_path(s.as_bytes()).unwrap();
+        assert!(p("/metadata").is_prefix_of(&p("/metadata/instance")));
+        assert!(p("/metadata").is_prefix_of(&p("/metadata/")));
+        assert!(!p("/metadata").is_prefix_of(&p("/metadata-x")));
+        assert!(!p("/metadata/instance").is_prefix_of(&p("/metadata")));
+        assert!(p("/").is_prefix_of(&p("/anything/at/all")));
+    }
+
+    #[test]
+    fn patterns_get_a_leading_slash() {
+        assert_eq!(
+            canonicalize_pattern("metadata/Identity").unwrap().render(),
+            "/metadata/identity"
+        );
+        assert_eq!(canonicalize_pattern("").unwrap().render(), "/");
+    }
+}
