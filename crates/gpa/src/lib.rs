@@ -2,4 +2,6 @@
 //! eBPF, authorizes each request against the allowlist, signs and forwards it, and reports its health.
 
 pub mod config;
+pub mod keykeeper;
+pub mod snapshot;
 pub mod storage;
