@@ -5,9 +5,14 @@ pub mod clock;
 pub mod config;
 pub mod hostcall;
 pub mod keykeeper;
+pub mod lifecycle;
+pub mod logfile;
 pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+
 #[cfg(test)]
 mod test_host;
+
+pub use lifecycle::run;
