@@ -32,6 +32,7 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct RollingLog {
     path: PathBuf,
+    roll_bytes: u64,
     state: Arc<Mutex<State>>,
 }
 
@@ -47,8 +48,15 @@ impl RollingLog {
             .map_or(0, |m| m.len());
         Ok(RollingLog {
             path,
+            roll_bytes: ROLL_BYTES,
             state: Arc::new(Mutex::new(State { file, size })),
         })
+    }
+
+    /// The same log rolling at `bytes` instead of [`ROLL_BYTES`].
+    pub fn with_roll_bytes(mut self, bytes: u64) -> RollingLog {
+        self.roll_bytes = bytes;
+        self
     }
 
     fn rolled(&self, n: usize) -> PathBuf {
@@ -76,7 +84,7 @@ impl RollingLog {
         };
         let line = format!("{}{newline}", crate::telemetry::redact(body));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.size + line.len() as u64 > ROLL_BYTES {
+        if state.size + line.len() as u64 > self.roll_bytes {
             self.roll(&mut state);
         }
         if let Some(file) = state.file.as_mut()
@@ -143,7 +151,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let log = RollingLog::open(root.path(), LOG_FILE).unwrap();
         let hex = "4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59";
-        write!(log.make_writer(), "key {hex} sig=abc\n").unwrap();
+        writeln!(log.make_writer(), "key {hex} sig=abc").unwrap();
         let text = std::fs::read_to_string(root.path().join(LOG_FILE)).unwrap();
         assert_eq!(text, "key *** sig=***\n");
         assert_eq!(
@@ -158,10 +166,10 @@ mod tests {
     #[test]
     fn rolls_at_the_limit_and_keeps_five_files() {
         let root = tempfile::tempdir().unwrap();
-        let log = RollingLog::open(root.path(), LOG_FILE).unwrap();
-        let line = format!("{}\n", "x".repeat(1024 * 1024 - 1));
+        let log = RollingLog::open(root.path(), LOG_FILE).unwrap().with_roll_bytes(10 * 1024);
+        let line = "x".repeat(1023);
         for _ in 0..(10 * 7) {
-            write!(log.make_writer(), "{line}").unwrap();
+            writeln!(log.make_writer(), "{line}").unwrap();
         }
         let mut names: Vec<String> = std::fs::read_dir(root.path())
             .unwrap()
@@ -179,7 +187,7 @@ mod tests {
             ]
         );
         for n in &names {
-            assert!(std::fs::metadata(root.path().join(n)).unwrap().len() <= ROLL_BYTES);
+            assert!(std::fs::metadata(root.path().join(n)).unwrap().len() <= 10 * 1024);
         }
     }
 
@@ -190,7 +198,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         std::os::unix::fs::symlink(&victim, root.path().join(LOG_FILE)).unwrap();
         let log = RollingLog::open(root.path(), LOG_FILE).unwrap();
-        write!(log.make_writer(), "hello\n").unwrap();
+        writeln!(log.make_writer(), "hello").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }
