@@ -166,7 +166,9 @@ mod tests {
     #[test]
     fn rolls_at_the_limit_and_keeps_five_files() {
         let root = tempfile::tempdir().unwrap();
-        let log = RollingLog::open(root.path(), LOG_FILE).unwrap().with_roll_bytes(10 * 1024);
+        let log = RollingLog::open(root.path(), LOG_FILE)
+            .unwrap()
+            .with_roll_bytes(10 * 1024);
         let line = "x".repeat(1023);
         for _ in 0..(10 * 7) {
             writeln!(log.make_writer(), "{line}").unwrap();
