@@ -239,7 +239,6 @@ impl KeyKeeper {
                     iter,
                     key,
                     "Found key details from local and ready to use.",
-                    false,
                     env,
                     &mut out,
                 ),
@@ -291,7 +290,6 @@ impl KeyKeeper {
                 iter,
                 key,
                 "Successfully attest the key and ready to use.",
-                true,
                 env,
                 &mut out,
             ),
@@ -421,7 +419,6 @@ impl KeyKeeper {
         mut iter: Iteration,
         key: Key,
         message: &str,
-        attested: bool,
         env: Env,
         out: &mut Vec<Action>,
     ) -> Phase {
@@ -446,11 +443,10 @@ impl KeyKeeper {
             "{message} - {}",
             env.uptime.as_millis()
         )));
-        if attested {
-            let mut keep = vec![guid];
-            keep.extend(predecessor);
-            out.push(Action::DeleteKeysExcept(keep));
-        }
+        // Spec §2.10: once a new key is ready, only it and its predecessor stay on disk.
+        let mut keep = vec![guid];
+        keep.extend(predecessor);
+        out.push(Action::DeleteKeysExcept(keep));
         self.after_key(iter, env, out)
     }
 

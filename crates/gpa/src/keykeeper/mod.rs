@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use msp_core::Endpoint;
 use msp_core::status::{ModuleState, state_keys};
-use msp_core::wire::{ChannelState, KeyStatus, Modes};
+use msp_core::wire::{ChannelState, KeyStatus, Modes, SecureChannelState};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,12 @@ impl Shell {
         if let Some(update) = self.rules.resolve(&status).await {
             self.apply_rules(update, &status);
         }
-        let channel = status.derive();
+        // The modes and rule ids of the persisted status apply at once; the state string stays `Unknown` until
+        // the first successful poll (conf 8), also for `/provision` (spec §9.6).
+        let channel = ChannelState {
+            state: SecureChannelState::Unknown,
+            ..status.derive()
+        };
         let modes = channel.modes;
         self.task.publisher.publish(|s| {
             s.ready = true;
@@ -451,5 +456,42 @@ fn env() -> Env {
     Env {
         uptime: crate::clock::uptime(),
         jitter: rand::random_range(-machine::MAX_JITTER..=machine::MAX_JITTER),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakes_are_delivered_at_most_once_per_second_each() {
+        let handle = KeeperHandle::default();
+        assert!(handle.notify());
+        assert!(
+            !handle.notify(),
+            "a second notification within 1 s is dropped"
+        );
+        assert!(handle.key_unknown(), "KEY_UNKNOWN has its own budget");
+        assert!(!handle.key_unknown());
+        // The delivered one is stored until the key keeper next waits.
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            handle.provision.notify.notified(),
+        )
+        .await
+        .expect("the stored notification wakes the next wait");
+    }
+
+    #[test]
+    fn destinations_follow_the_modes() {
+        use msp_core::Mode;
+        let endpoints = crate::config::Config::default().endpoints();
+        let modes = Modes::uniform(Mode::Disabled).with(Endpoint::Imds, Mode::Audit);
+        assert_eq!(destinations(&modes, &endpoints), [endpoints.imds]);
+        assert!(destinations(&Modes::uniform(Mode::Disabled), &endpoints).is_empty());
+        assert_eq!(
+            destinations(&Modes::uniform(Mode::Enforce), &endpoints).len(),
+            3
+        );
     }
 }
