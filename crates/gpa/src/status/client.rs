@@ -157,6 +157,60 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn conf_088_polls_every_100ms_with_one_tick_and_notifies_only_first() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        use crate::test_host::{FakeHost, response};
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let host = FakeHost::start(Arc::new(move |_| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let body = format!(r#"{{"finished":{},"errorMessage":""}}"#, n >= 3);
+            Some(response(
+                "200 OK",
+                &[("content-type", "application/json; charset=utf-8")],
+                body.as_bytes(),
+            ))
+        }))
+        .await;
+        let answer = wait_for(host.addr, Duration::from_secs(5)).await.unwrap();
+        assert!(answer.finished);
+        let reqs = host.requests();
+        assert_eq!(reqs.len(), 4);
+        assert_eq!(reqs[0].header("x-ms-azure-notify"), Some("true"));
+        assert!(
+            reqs[1..]
+                .iter()
+                .all(|r| r.header("x-ms-azure-notify").is_none())
+        );
+        let tick = reqs[0].header("x-ms-azure-time-tick").unwrap();
+        assert!(tick.parse::<i64>().unwrap() > 0);
+        assert!(
+            reqs.iter()
+                .all(|r| r.header("x-ms-azure-time-tick") == Some(tick))
+        );
+        assert!(
+            reqs.iter()
+                .all(|r| r.target == "/provision" && r.header("metadata") == Some("true"))
+        );
+
+        // --wait 0: one try, not finished → exit 1.
+        let not_yet = FakeHost::start(Arc::new(|_| {
+            Some(response(
+                "200 OK",
+                &[],
+                br#"{"finished":false,"errorMessage":""}"#,
+            ))
+        }))
+        .await;
+        let answer = wait_for(not_yet.addr, Duration::ZERO).await;
+        assert_eq!(not_yet.requests().len(), 1);
+        assert_eq!(outcome(&answer, None).0, StatusExit::NotFinished);
+    }
+
     #[test]
     fn conf_088_exit_codes() {
         let not = Ok(ProvisionAnswer {
