@@ -117,6 +117,17 @@ impl LogLevel {
         }
     }
 
+    /// The `tracing` level of this level.
+    pub fn level(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+
     /// The `tracing` level filter of this level.
     pub fn filter(self) -> tracing::level_filters::LevelFilter {
         use tracing::level_filters::LevelFilter;

@@ -103,29 +103,35 @@ async fn proxy_not_built(ctx: ProxyContext) {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    run_with_events(config, EventSink::new()).await
+}
+
+/// [`run`] with the event queue that the `fileLogLevelForEvents` log layer also feeds.
+pub async fn run_with_events(config: Config, events: EventSink) -> Result<(), RunError> {
     let cancel = CancellationToken::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RunError::Signals)?;
-    let on_signal = cancel.clone();
-    let signals = async move {
+    let signals = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
+            () = cancel.cancelled() => return,
         }
-        on_signal.cancel();
+        cancel.cancel();
     };
-    tokio::select! {
-        () = run_with(config, Parts::default(), cancel.clone()) => {}
-        () = signals => {}
-    }
+    // The agent keeps running (and then drains) while the signal future only cancels it.
+    tokio::join!(
+        run_with(config, Parts::default(), events, cancel.clone()),
+        signals
+    );
     Ok(())
 }
 
 /// Starts every task of the agent and returns once `cancel` fired and the tasks drained.
-pub async fn run_with(config: Config, parts: Parts, cancel: CancellationToken) {
+pub async fn run_with(config: Config, parts: Parts, events: EventSink, cancel: CancellationToken) {
     crate::clock::mark_start();
     let config = Arc::new(config);
-    let agent = Agent::start(config, parts, cancel.clone()).await;
+    let agent = Agent::start(config, parts, events, cancel.clone()).await;
     cancel.cancelled().await;
     agent.stop().await;
 }
@@ -175,10 +181,14 @@ impl ProvisionHooks for Hooks {
 
 impl Agent {
     /// Starts everything in the order of the module documentation.
-    pub async fn start(config: Arc<Config>, parts: Parts, cancel: CancellationToken) -> Agent {
+    pub async fn start(
+        config: Arc<Config>,
+        parts: Parts,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> Agent {
         let tracker = TaskTracker::new();
         let board = Arc::new(StatusBoard::new());
-        let events = EventSink::new();
         let endpoints = config.endpoints();
         let publisher =
             SnapshotPublisher::new(Snapshot::initial(endpoints, config.proxy_listen_address));

@@ -21,6 +21,10 @@ pub const ROLL_BYTES: u64 = 10 * 1024 * 1024;
 pub const KEPT_FILES: usize = 5;
 /// The agent's log file name (spec §10.2).
 pub const LOG_FILE: &str = "ProxyAgent.log";
+/// The per-request log file name (spec §10.2).
+pub const CONNECTION_LOG_FILE: &str = "ProxyAgent.Connection.log";
+/// Records with this `tracing` target go to [`CONNECTION_LOG_FILE`] instead of [`LOG_FILE`].
+pub const CONNECTION_TARGET: &str = "gpa::connection";
 
 #[derive(Debug)]
 struct State {

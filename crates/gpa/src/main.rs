@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gpa::config::{Config, ProcessEnv};
+use gpa::logfile::{CONNECTION_LOG_FILE, CONNECTION_TARGET, LOG_FILE, RollingLog};
+use gpa::telemetry::EventSink;
+use gpa::telemetry::layer::EventLayer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
@@ -61,27 +65,43 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     }
 }
 
-fn init_tracing(config: &Config) {
+fn init_tracing(config: &Config, events: &EventSink) {
     let stderr = fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_filter(config.file_log_level_for_system_events.filter());
-    let file = config.log_dir().and_then(|dir| {
-        match gpa::logfile::RollingLog::open(dir, gpa::logfile::LOG_FILE) {
-            Ok(log) => Some(
-                fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(log)
-                    .with_filter(config.file_log_level.filter()),
-            ),
+    let level = config.file_log_level.filter();
+    let open = |name: &str| {
+        let dir = config.log_dir()?;
+        match RollingLog::open(dir, name) {
+            Ok(log) => Some(log),
             Err(e) => {
-                eprintln!("gpa: log file unusable: {e}");
+                eprintln!("gpa: log file {name} unusable: {e}");
                 None
             }
         }
+    };
+    let file = open(LOG_FILE).map(|log| {
+        fmt::layer().with_ansi(false).with_writer(log).with_filter(
+            Targets::new()
+                .with_default(level)
+                .with_target(CONNECTION_TARGET, LevelFilter::OFF),
+        )
     });
+    let connections = open(CONNECTION_LOG_FILE).map(|log| {
+        fmt::layer()
+            .with_ansi(false)
+            .with_writer(log)
+            .with_filter(Targets::new().with_target(CONNECTION_TARGET, level))
+    });
+    let to_events = config
+        .file_log_level_for_events
+        .map(|l| EventLayer::new(events.clone(), l.level()));
     tracing_subscriber::registry()
         .with(stderr)
         .with(file)
+        .with(connections)
+        .with(to_events)
         .init();
 }
 
@@ -110,7 +130,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_tracing(&config);
+            let events = EventSink::new();
+            init_tracing(&config, &events);
             if let Some(mode) = config.canonical_request_mode.as_deref()
                 && mode != "enforce"
             {
@@ -119,7 +140,7 @@ fn main() -> ExitCode {
                     "canonicalRequestMode is ignored; requests are always canonicalised"
                 );
             }
-            match runtime.block_on(gpa::run(config)) {
+            match runtime.block_on(gpa::lifecycle::run_with_events(config, events)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "agent failed");

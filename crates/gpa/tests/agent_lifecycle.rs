@@ -13,6 +13,7 @@ use gpa::config::Config;
 use gpa::keykeeper::{PolicyError, PolicySink};
 use gpa::lifecycle::{Agent, Parts, bind_listener};
 use gpa::status::{Module, StatusBoard};
+use gpa::telemetry::EventSink;
 use msp_core::status::ModuleState;
 use support::{FakeWireServer, HostMode};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +65,7 @@ impl Running {
             serve_proxy: Box::new(|ctx| Box::pin(async move { ctx.cancel.cancelled().await })),
         };
         let cancel = CancellationToken::new();
-        let agent = Agent::start(Arc::new(config), parts, cancel.clone()).await;
+        let agent = Agent::start(Arc::new(config), parts, EventSink::new(), cancel.clone()).await;
         Running {
             agent,
             cancel,

@@ -200,9 +200,9 @@ impl Provisioning {
             tracing::error!(error = %e, "cannot write provisioning tags");
         }
         if error.is_empty() {
-            tracing::info!("Provision finished successfully");
+            tracing::info!(module = "Provisioning", "Provision finished successfully");
         } else {
-            tracing::error!(status = %error.trim_end(), "provision finished with errors");
+            tracing::error!(module = "Provisioning", status = %error.trim_end(), "provision finished with errors");
             self.events.emit(EventLevel::Error, "Provisioning", &error);
         }
     }

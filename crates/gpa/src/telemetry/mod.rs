@@ -6,6 +6,7 @@
 //! send time and keeps no copy).
 
 pub mod event;
+pub mod layer;
 pub mod payload;
 pub mod sender;
 pub mod spool;
