@@ -183,7 +183,7 @@ async fn conf_020_022_fresh_latch_then_restart_reuses_the_stored_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conf_025_rotation_follows_a_reset_and_old_keys_are_deleted() {
+async fn conf_023_025_rotation_follows_a_reset_pairs_guid_and_key_and_deletes_old_keys() {
     let root = tempfile::tempdir().unwrap();
     let host = FakeWireServer::start().await;
     let agent = Running::start(config(root.path(), host.addr)).await;
@@ -198,6 +198,14 @@ async fn conf_025_rotation_follows_a_reset_and_old_keys_are_deleted() {
             host.latched_guid().as_deref(),
             Some(guid.as_str()),
             "round {round}"
+        );
+        // conf 23: the snapshot pairs the guid with exactly that guid's key.
+        let snap = agent.agent.snapshots.borrow().clone();
+        let ready = snap.key.as_ref().unwrap();
+        let latched = host.with(|s| s.latched.clone()).unwrap();
+        assert_eq!(
+            (ready.guid.as_str(), ready.key.as_bytes()),
+            (latched.0.as_str(), &latched.1)
         );
         guids.push(guid);
         host.reset_key();
