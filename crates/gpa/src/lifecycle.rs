@@ -180,7 +180,8 @@ impl ProvisionHooks for Hooks {
 }
 
 impl Agent {
-    /// Starts everything in the order of the module documentation.
+    /// Starts everything in the order of the module documentation. One function on purpose: the start order of
+    /// spec §7.2/§7.5/§9.5 reads top to bottom here.
     pub async fn start(
         config: Arc<Config>,
         parts: Parts,

@@ -197,7 +197,8 @@ impl KeyKeeper {
         matches!(self.phase, Phase::Sleeping { .. })
     }
 
-    /// Consumes the machine with one event.
+    /// Consumes the machine with one event. One `match` over (phase, event) on purpose: it is the transition
+    /// table of spec §2.8–§2.9, read top to bottom; the work of each arm lives in the helpers below.
     pub fn step(mut self, event: Event, env: Env) -> (KeyKeeper, Vec<Action>) {
         let mut out = Vec::new();
         let phase = std::mem::replace(&mut self.phase, Phase::Idle);
