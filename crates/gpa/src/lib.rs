@@ -1,5 +1,20 @@
 //! The Guest Proxy Agent (`gpa`): runs as root in the VM, latches the key, intercepts metadata connections with
 //! eBPF, authorizes each request against the allowlist, signs and forwards it, and reports its health.
 
+pub mod clock;
+pub mod config;
+pub mod hostcall;
 pub mod identity;
+pub mod keykeeper;
+pub mod lifecycle;
+pub mod logfile;
 pub mod redirect;
+pub mod snapshot;
+pub mod status;
+pub mod storage;
+pub mod telemetry;
+
+#[cfg(test)]
+mod test_host;
+
+pub use lifecycle::run;

@@ -1,11 +1,161 @@
-use clap::Parser;
+//! `gpa`: the Guest Proxy Agent's command line. `main` only parses, sets up tracing and calls the library.
 
-/// Guest Proxy Agent: intercepts metadata calls, authorizes, signs and forwards them.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gpa::config::{Config, ProcessEnv};
+use gpa::logfile::{CONNECTION_LOG_FILE, CONNECTION_TARGET, LOG_FILE, RollingLog};
+use gpa::telemetry::EventSink;
+use gpa::telemetry::layer::EventLayer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
+
+/// Guest Proxy Agent: intercepts metadata calls with eBPF, authorizes, signs and forwards them.
 #[derive(Parser)]
 #[command(version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("gpa: not implemented yet");
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file (default: /etc/azure/proxy-agent.json, else proxy-agent.json next to gpa).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running agent whether provisioning finished, then print its status.
+    #[command(
+        after_help = "Exit codes:\n  0  provisioning finished without error\n  1  not finished \
+                            (or the agent is unreachable)\n  2  finished with an error (printed)\n  3  finished \
+                            without error, but the overall status is not SUCCESS\n  64 bad configuration"
+    )]
+    Status {
+        /// Configuration file, as for `gpa run`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keep asking, every 100 ms, for up to this many seconds.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Configuration helpers.
+    Config {
+        /// Print every key with its default value.
+        #[arg(long)]
+        print_defaults: bool,
+    },
+}
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match Config::load(path, &ProcessEnv) {
+        Ok((config, _)) => Ok(config),
+        Err(e) => {
+            eprintln!("gpa: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn init_tracing(config: &Config, events: &EventSink) {
+    let stderr = fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_filter(config.file_log_level_for_system_events.filter());
+    let level = config.file_log_level.filter();
+    let open = |name: &str| {
+        let dir = config.log_dir()?;
+        match RollingLog::open(dir, name) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                eprintln!("gpa: log file {name} unusable: {e}");
+                None
+            }
+        }
+    };
+    let file = open(LOG_FILE).map(|log| {
+        fmt::layer().with_ansi(false).with_writer(log).with_filter(
+            Targets::new()
+                .with_default(level)
+                .with_target(CONNECTION_TARGET, LevelFilter::OFF),
+        )
+    });
+    let connections = open(CONNECTION_LOG_FILE).map(|log| {
+        fmt::layer()
+            .with_ansi(false)
+            .with_writer(log)
+            .with_filter(Targets::new().with_target(CONNECTION_TARGET, level))
+    });
+    let to_events = config
+        .file_log_level_for_events
+        .map(|l| EventLayer::new(events.clone(), l.level()));
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .with(connections)
+        .with(to_events)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gpa: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Config { print_defaults } => {
+            if print_defaults {
+                println!("{}", Config::defaults_json());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { config } => {
+            gpa::clock::mark_start();
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let events = EventSink::new();
+            init_tracing(&config, &events);
+            if let Some(mode) = config.canonical_request_mode.as_deref()
+                && mode != "enforce"
+            {
+                tracing::warn!(
+                    mode,
+                    "canonicalRequestMode is ignored; requests are always canonicalised"
+                );
+            }
+            match runtime.block_on(gpa::lifecycle::run_with_events(config, events)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { config, wait } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let code =
+                runtime.block_on(gpa::status::client::run(&config, Duration::from_secs(wait)));
+            ExitCode::from(code as u8)
+        }
+    }
 }

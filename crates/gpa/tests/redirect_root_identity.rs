@@ -196,19 +196,28 @@ fn conf_064_root_a_caller_that_exited_is_stale() {
     let (record, peer, _server) = setup.take();
     let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
     kill(holder);
-    assert_eq!(reason, StaleReason::Exited);
+    // Exited, unless a new task got the number meanwhile (threads of this very test binary can), which is a
+    // reuse and just as stale.
+    assert!(
+        matches!(reason, StaleReason::Exited | StaleReason::PidReused { .. }),
+        "{reason:?}"
+    );
     setup.redirector.stop().unwrap();
 }
 
-/// Makes the kernel give `pid` to a new process: spawns `sleep` with `ns_last_pid` set just below it until one
-/// gets it. `None` when some other process took the pid first, which is a reuse all the same.
-fn reuse_pid(pid: u32) -> Option<std::process::Child> {
+/// Makes the kernel give `pid` to a new `sleep`: waits while any task (a thread counts: `/proc/<tid>` resolves
+/// too) holds the number, then spawns with `ns_last_pid` set just below it until the `sleep` gets it.
+fn reuse_pid(pid: u32) -> std::process::Child {
     let deadline = Instant::now() + STEP_TIMEOUT;
-    while !Path::new(&format!("/proc/{pid}")).exists() {
+    loop {
         assert!(
             Instant::now() < deadline,
             "the kernel did not hand out pid {pid} again"
         );
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
         let mut child = Command::new("sleep")
             .arg("30")
@@ -216,13 +225,11 @@ fn reuse_pid(pid: u32) -> Option<std::process::Child> {
             .spawn()
             .unwrap();
         if child.id() == pid {
-            return Some(child);
+            return child;
         }
         let _ = child.kill();
         let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(5));
     }
-    None
 }
 
 #[test]
@@ -241,12 +248,10 @@ fn conf_064_root_a_reused_pid_is_stale_and_never_attributed_to_the_new_process()
     let (record, peer, _server) = setup.take();
     assert_eq!(record.tgid, pid);
     // A new process now carries the caller's pid.
-    let impostor = reuse_pid(pid);
+    let mut impostor = reuse_pid(pid);
     let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
-    if let Some(mut impostor) = impostor {
-        let _ = impostor.kill();
-        let _ = impostor.wait();
-    }
+    let _ = impostor.kill();
+    let _ = impostor.wait();
     kill(holder);
     assert!(
         matches!(reason, StaleReason::PidReused { .. }),

@@ -111,6 +111,9 @@ fn conf_073_root_50_closed_mode_restarts_adopt_the_pins_instead_of_attaching_aga
     last.stop().unwrap();
     assert!(cgroup.attached().is_empty());
     assert!(!pin_dir.exists());
+    last.stop().expect("a second stop does nothing");
+    drop(last);
+    assert!(cgroup.attached().is_empty());
 }
 
 /// An agent stand-in in another process, answering redirected connections on `listener`.

@@ -65,7 +65,7 @@ async fn profiles_are_versioned_and_invalid_documents_name_the_field() {
         (r#"{"defaultAccess": "allow"}"#, "id"),
         (
             r#"{"defaultAccess": "allow", "id": "x", "rules": {"roles": [{"name": "r", "privileges": ["missing"]}]}}"#,
-            "rules.roles[0].privileges",
+            "rules.roles[0].privileges[0]",
         ),
         (
             r#"{"defaultAccess": "allow", "id": "x", "rules": {"identities": [{"name": "nobody"}]}}"#,

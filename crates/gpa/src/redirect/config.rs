@@ -6,30 +6,14 @@ use std::path::PathBuf;
 /// Default `proxyListenAddress` (spec §1.2).
 pub const DEFAULT_LISTENER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3080);
 
-/// `redirectFailMode` (spec §7.5): what callers see while the agent is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RedirectFailMode {
-    /// Links die with the process; traffic then goes direct and unsigned (the host refuses it in enforce).
-    #[default]
-    Open,
-    /// Links and maps are pinned in bpffs; callers get connection-refused until the agent is back.
-    Closed,
-}
+/// `redirectFailMode` (spec §7.5), as the configuration file spells it: one enum for both.
+pub use crate::config::RedirectFailMode;
 
-impl RedirectFailMode {
-    /// The configuration spelling: `open` or `closed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedirectFailMode::Open => "open",
-            RedirectFailMode::Closed => "closed",
-        }
-    }
-
-    /// Parses the configuration spelling, case-insensitively; `None` for anything else.
-    pub fn parse(s: &str) -> Option<RedirectFailMode> {
-        [RedirectFailMode::Open, RedirectFailMode::Closed]
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+/// The configuration spelling of a fail mode: `open` or `closed`.
+pub fn fail_mode_name(mode: RedirectFailMode) -> &'static str {
+    match mode {
+        RedirectFailMode::Open => "open",
+        RedirectFailMode::Closed => "closed",
     }
 }
 
@@ -49,6 +33,18 @@ pub struct RedirectConfig {
     pub fail_mode: RedirectFailMode,
 }
 
+impl RedirectConfig {
+    /// The redirector's part of the agent configuration (spec §10.2).
+    pub fn from_agent_config(config: &crate::config::Config) -> RedirectConfig {
+        RedirectConfig {
+            cgroup_root: config.cgroup_root.clone(),
+            listener: config.proxy_listen_address,
+            object_path: config.ebpf_file_full_path.clone(),
+            fail_mode: config.redirect_fail_mode,
+        }
+    }
+}
+
 impl Default for RedirectConfig {
     fn default() -> Self {
         RedirectConfig {
@@ -65,19 +61,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fail_mode_spellings() {
+    fn defaults_follow_the_agent_configuration() {
+        let agent = crate::config::Config::default();
         assert_eq!(
-            RedirectFailMode::parse("Closed"),
-            Some(RedirectFailMode::Closed)
+            RedirectConfig::from_agent_config(&agent),
+            RedirectConfig::default()
         );
-        assert_eq!(
-            RedirectFailMode::parse("open"),
-            Some(RedirectFailMode::Open)
-        );
-        assert_eq!(RedirectFailMode::parse("failClosedOnExit"), None);
         assert_eq!(
             RedirectConfig::default().listener.to_string(),
             "127.0.0.1:3080"
         );
+        assert_eq!(fail_mode_name(RedirectFailMode::Closed), "closed");
     }
 }

@@ -19,7 +19,7 @@ pub mod abi;
 #[cfg(target_os = "linux")]
 mod linux;
 
-pub use config::{DEFAULT_LISTENER, RedirectConfig, RedirectFailMode};
+pub use config::{DEFAULT_LISTENER, RedirectConfig, RedirectFailMode, fail_mode_name};
 pub use error::{Cause, KernelFeature, ObjectProblem, RedirectError};
 #[cfg(target_os = "linux")]
 pub use linux::{Redirector, discover_cgroup2_root};
@@ -98,7 +98,7 @@ impl RedirectStatus {
             "attached to cgroup {} (id {}), redirectFailMode {}, {}{}: {}",
             self.cgroup.display(),
             self.cgroup_id,
-            self.fail_mode.as_str(),
+            fail_mode_name(self.fail_mode),
             match self.origin {
                 Origin::Fresh => "loaded by this agent",
                 Origin::Adopted => "adopted from pins",

@@ -177,7 +177,10 @@ fn loop_role() {
 }
 
 fn loader_config() -> RedirectConfig {
-    let fail_mode = RedirectFailMode::parse(&env("GPA_TEST_MODE")).unwrap();
+    let fail_mode = match env("GPA_TEST_MODE").as_str() {
+        "closed" => RedirectFailMode::Closed,
+        _ => RedirectFailMode::Open,
+    };
     RedirectConfig {
         cgroup_root: Some(env("GPA_TEST_CGROUP").into()),
         listener: env("GPA_TEST_LISTENER").parse().unwrap(),

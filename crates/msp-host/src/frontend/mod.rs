@@ -289,7 +289,7 @@ async fn pipeline(
         return response::refuse(Reason::VmUnknown);
     };
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let exempt = policy::is_exempt(method.as_str(), target);
+    let exempt = msp_core::rules::is_exempt(method.as_str(), target.as_bytes());
     let limit = if exempt { MAX_EXEMPT_BODY } else { MAX_BODY };
     if declared_length(headers).is_some_and(|n| n > limit) {
         return response::refuse_and_close(Reason::BodyTooLarge);

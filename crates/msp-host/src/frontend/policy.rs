@@ -52,16 +52,6 @@ pub fn decide(
     }
 }
 
-/// Exempt requests (spec §3.5): `PUT /vmagentlog` and `POST /machine/?comp=telemetrydata`, the target compared
-/// lowercased, the method exactly. The single call site of `msp_core::rules::is_exempt` once it lands.
-pub fn is_exempt(method: &str, target: &str) -> bool {
-    match method {
-        "PUT" => target.eq_ignore_ascii_case("/vmagentlog"),
-        "POST" => target.eq_ignore_ascii_case("/machine/?comp=telemetrydata"),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,15 +104,5 @@ mod tests {
                 reason: None
             }
         );
-    }
-
-    #[test]
-    fn exempt_is_exact_but_case_insensitive_on_the_target() {
-        assert!(is_exempt("PUT", "/vmAgentLog"));
-        assert!(is_exempt("POST", "/machine/?comp=TelemetryData"));
-        assert!(!is_exempt("POST", "/machine/?comp=telemetrydata&x=1"));
-        assert!(!is_exempt("POST", "/machine?comp=telemetrydata"));
-        assert!(!is_exempt("put", "/vmagentlog"));
-        assert!(!is_exempt("GET", "/vmagentlog"));
     }
 }

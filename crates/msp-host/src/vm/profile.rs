@@ -4,7 +4,7 @@
 //! A profile's own `mode` is never served: the VM's settings choose the mode (one source of truth with what the
 //! host enforces). This module must never accept a document that the agent would replace by a fail-closed item.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::settings::FieldError;
 use msp_core::Mode;
@@ -69,169 +69,41 @@ pub fn validate_document(text: &str) -> Result<Value, Vec<FieldError>> {
     let Value::Object(mut map) = value else {
         return Err(vec![FieldError::new("", "an item must be a JSON object")]);
     };
-    // The strict checker requires a mode on host items; the profile's is a placeholder the VM overrides.
+    // The strict checker requires a mode on host items; a profile's is a placeholder the VM overrides. It is
+    // spliced into the original text, so the repeated-key and NUL checks still see the bytes the owner sent.
+    let checked = if map.contains_key("mode") {
+        text.to_owned()
+    } else {
+        with_placeholder_mode(text)
+    };
     map.entry("mode")
         .or_insert_with(|| Value::String("enforce".to_owned()));
     let with_mode = Value::Object(map);
-    let rendered = with_mode.to_string();
-    // Both the repeated-key check and the rules checks need the original text; the mode placeholder is
-    // validated on the re-rendered value, which cannot repeat keys.
-    item_check::check(text).and_then(|()| item_check::check(&rendered))?;
+    item_check::check(&checked)?;
     Ok(with_mode)
 }
 
-/// The single call site of the strict §4.2 validator. Interim: a local structural check until
-/// `msp_core::rules::parse_item` lands; the swap is this one module.
+/// `text` is a JSON object (checked by the caller); adds `"mode":"enforce"` right after its opening brace.
+fn with_placeholder_mode(text: &str) -> String {
+    let (lead, rest) = text.split_at(text.find('{').map_or(0, |i| i + 1));
+    let sep = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!("{lead}\"mode\":\"enforce\"{sep}{rest}")
+}
+
+/// The single call site of the strict §4.2 validator, `msp_core::rules::parse_item`: the same checks the agent
+/// applies, so a profile the host accepts is one every agent compiles.
 mod item_check {
-    use super::*;
+    use super::FieldError;
 
     pub(super) fn check(text: &str) -> Result<(), Vec<FieldError>> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| vec![FieldError::new("", format!("not JSON: {e}"))])?;
-        let mut errors = Vec::new();
-        let Value::Object(item) = &value else {
-            return Err(vec![FieldError::new("", "an item must be a JSON object")]);
-        };
-        match str_field(item, "defaultAccess").map(|s| s.trim().to_ascii_lowercase()) {
-            Some(s) if s == "allow" || s == "deny" => {}
-            _ => errors.push(FieldError::new(
-                "defaultAccess",
-                "must be \"allow\" or \"deny\"",
-            )),
-        }
-        if let Some(m) = item.get("mode")
-            && m.as_str().and_then(Mode::parse).is_none()
-        {
-            errors.push(FieldError::new(
-                "mode",
-                "must be \"disabled\", \"audit\" or \"enforce\"",
-            ));
-        }
-        if str_field(item, "id").is_none_or(|s| s.trim().is_empty()) {
-            errors.push(FieldError::new("id", "required, a non-blank string"));
-        }
-        if let Some(rules) = item.get("rules") {
-            match rules {
-                Value::Object(rules) => check_rules(rules, &mut errors),
-                Value::Null => {}
-                _ => errors.push(FieldError::new("rules", "must be an object")),
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
-    }
-
-    fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-        obj.get(key).and_then(Value::as_str)
-    }
-
-    /// Names of the objects in `rules.<array>`, each required non-blank and unique.
-    fn names(rules: &Map<String, Value>, array: &str, errors: &mut Vec<FieldError>) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let Some(v) = rules.get(array) else {
-            return out;
-        };
-        let Some(entries) = v.as_array() else {
-            errors.push(FieldError::new(
-                format!("rules.{array}"),
-                "must be an array",
-            ));
-            return out;
-        };
-        for (i, e) in entries.iter().enumerate() {
-            let field = format!("rules.{array}[{i}].name");
-            match e.get("name").and_then(Value::as_str) {
-                Some(n) if !n.trim().is_empty() => {
-                    if out.iter().any(|o| o == n) {
-                        errors.push(FieldError::new(field, format!("duplicate name {n:?}")));
-                    }
-                    out.push(n.to_owned());
-                }
-                _ => errors.push(FieldError::new(field, "required, a non-blank string")),
-            }
-        }
-        out
-    }
-
-    fn check_refs(
-        rules: &Map<String, Value>,
-        array: &str,
-        list: &str,
-        defined: &[String],
-        errors: &mut Vec<FieldError>,
-    ) {
-        let Some(entries) = rules.get(array).and_then(Value::as_array) else {
-            return;
-        };
-        for (i, e) in entries.iter().enumerate() {
-            let field = format!("rules.{array}[{i}].{list}");
-            let refs = e.get(list).and_then(Value::as_array);
-            let Some(refs) = refs.filter(|r| !r.is_empty()) else {
-                errors.push(FieldError::new(field, "required, a non-empty array"));
-                continue;
-            };
-            for r in refs {
-                match r.as_str() {
-                    Some(name) if defined.iter().any(|d| d == name) => {}
-                    _ => errors.push(FieldError::new(
-                        field.clone(),
-                        format!("{r} is not defined in this document"),
-                    )),
-                }
-            }
-        }
-    }
-
-    fn check_rules(rules: &Map<String, Value>, errors: &mut Vec<FieldError>) {
-        let privileges = names(rules, "privileges", errors);
-        let roles = names(rules, "roles", errors);
-        let identities = names(rules, "identities", errors);
-        if let Some(ps) = rules.get("privileges").and_then(Value::as_array) {
-            for (i, p) in ps.iter().enumerate() {
-                if p.get("path")
-                    .and_then(Value::as_str)
-                    .is_none_or(|s| s.trim().is_empty())
-                {
-                    errors.push(FieldError::new(
-                        format!("rules.privileges[{i}].path"),
-                        "required, a non-blank string",
-                    ));
-                }
-            }
-        }
-        check_refs(rules, "roles", "privileges", &privileges, errors);
-        if let Some(ids) = rules.get("identities").and_then(Value::as_array) {
-            for (i, id) in ids.iter().enumerate() {
-                let has_selector = ["userName", "groupName", "exePath", "processName"]
-                    .iter()
-                    .any(|k| {
-                        id.get(*k)
-                            .and_then(Value::as_str)
-                            .is_some_and(|s| !s.trim().is_empty())
-                    });
-                if !has_selector {
-                    errors.push(FieldError::new(
-                        format!("rules.identities[{i}]"),
-                        "needs at least one of userName, groupName, exePath, processName",
-                    ));
-                }
-            }
-        }
-        if let Some(ras) = rules.get("roleAssignments").and_then(Value::as_array) {
-            for (i, ra) in ras.iter().enumerate() {
-                match ra.get("role").and_then(Value::as_str) {
-                    Some(r) if roles.iter().any(|d| d == r) => {}
-                    _ => errors.push(FieldError::new(
-                        format!("rules.roleAssignments[{i}].role"),
-                        "must name a role defined in this document",
-                    )),
-                }
-            }
-        }
-        check_refs(rules, "roleAssignments", "identities", &identities, errors);
+        msp_core::rules::parse_item(text).map(drop).map_err(|e| {
+            let field = e.path().map(ToString::to_string).unwrap_or_default();
+            vec![FieldError::new(field, e.to_string())]
+        })
     }
 }
 
@@ -268,7 +140,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(fields(r#"{"id":"x"}"#), ["defaultAccess"]);
-        assert_eq!(fields(r#"{"defaultAccess":"allow","id":" "}"#), ["id"]);
+        assert_eq!(fields(r#"{"defaultAccess":"allow"}"#), ["id"]);
         assert_eq!(
             fields(r#"{"defaultAccess":"allow","id":"x","mode":"on"}"#),
             ["mode"]
@@ -277,7 +149,7 @@ mod tests {
             fields(
                 r#"{"defaultAccess":"allow","id":"x","rules":{"roles":[{"name":"r","privileges":["nope"]}]}}"#
             ),
-            ["rules.roles[0].privileges"]
+            ["rules.roles[0].privileges[0]"]
         );
         assert_eq!(fields("[]"), [""]);
     }

@@ -11,6 +11,7 @@ mod programs;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::{Map, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -55,8 +56,9 @@ struct Attachment {
 #[derive(Debug)]
 pub struct Redirector {
     maps: Maps,
-    attachments: Vec<Attachment>,
-    pins: Option<PinDir>,
+    /// Emptied by `stop`.
+    attachments: Mutex<Vec<Attachment>>,
+    pins: Mutex<Option<PinDir>>,
     listener: SocketAddr,
     status: RedirectStatus,
 }
@@ -121,8 +123,8 @@ impl Redirector {
         info!(status = %status.describe(), "redirector started");
         Ok(Redirector {
             maps,
-            attachments,
-            pins,
+            attachments: Mutex::new(attachments),
+            pins: Mutex::new(pins),
             listener,
             status,
         })
@@ -208,10 +210,12 @@ impl Redirector {
     }
 
     /// The orderly stop (spec §7.5): detaches every program, removes every pin. Returns the first failure after
-    /// trying everything.
-    pub fn stop(mut self) -> Result<(), RedirectError> {
+    /// trying everything. Takes `&self` so a redirector shared with the proxy can be stopped; a second call does
+    /// nothing, and afterwards no connect is redirected or recorded.
+    pub fn stop(&self) -> Result<(), RedirectError> {
         let mut first_error = None;
-        while let Some(attachment) = self.attachments.pop() {
+        let mut attachments = std::mem::take(&mut *lock(&self.attachments));
+        while let Some(attachment) = attachments.pop() {
             if let Some(pin) = &attachment.pin
                 && let Err(e) = pins::remove_pin(pin)
             {
@@ -219,13 +223,20 @@ impl Redirector {
             }
             drop(attachment.link); // the last reference: the kernel detaches the program
         }
-        if let Some(pin_dir) = self.pins.take()
+        if let Some(pin_dir) = lock(&self.pins).take()
             && let Err(e) = pin_dir.remove()
         {
             first_error.get_or_insert(e);
         }
         info!(cgroup = %self.status.cgroup.display(), "redirector stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The key keeper drives the policy through this (spec §7.4); failures stay failures.
+impl crate::keykeeper::PolicySink for Redirector {
+    fn set_policy(&self, destinations: &[SocketAddr]) -> Result<(), crate::keykeeper::PolicyError> {
+        Redirector::set_policy(self, destinations).map_err(Into::into)
     }
 }
 
@@ -237,13 +248,19 @@ const _: () = {
 
 impl Drop for Redirector {
     fn drop(&mut self) {
-        if self.pins.is_some() && !self.attachments.is_empty() {
+        let pinned = lock(&self.pins).is_some();
+        if pinned && !lock(&self.attachments).is_empty() {
             warn!(
                 cgroup = %self.status.cgroup.display(),
                 "redirector dropped without stop: pins stay, callers are refused until an agent adopts them"
             );
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning leaves only handles and paths behind, which are still valid.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn is_ipv4(addr: AddrPort) -> bool {

@@ -1,0 +1,115 @@
+//! `fileLogLevelForEvents` (spec §10.2): log records at or above the configured level also become telemetry
+//! events (module = the record's target).
+//!
+//! Records that carry a `module` field were already emitted as events by their module and are skipped, so no
+//! event is sent twice. Messages are redacted when the event is built; this layer never blocks.
+
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+
+use super::{EventLevel, EventSink};
+
+/// Turns log records into telemetry events.
+pub struct EventLayer {
+    sink: EventSink,
+    /// The least severe level forwarded.
+    min: tracing::Level,
+}
+
+impl EventLayer {
+    pub fn new(sink: EventSink, min: tracing::Level) -> EventLayer {
+        EventLayer { sink, min }
+    }
+}
+
+#[derive(Default)]
+struct Text {
+    message: String,
+    fields: String,
+    has_module: bool,
+}
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "module" => self.has_module = true,
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "module" => self.has_module = true,
+            name => {
+                let _ = write!(self.fields, " {name}={value}");
+            }
+        }
+    }
+}
+
+fn level(l: &tracing::Level) -> EventLevel {
+    match *l {
+        tracing::Level::ERROR => EventLevel::Error,
+        tracing::Level::WARN => EventLevel::Warn,
+        tracing::Level::INFO => EventLevel::Info,
+        tracing::Level::DEBUG => EventLevel::Debug,
+        tracing::Level::TRACE => EventLevel::Trace,
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for EventLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        // tracing orders levels by verbosity: ERROR < WARN < … < TRACE.
+        if *meta.level() > self.min {
+            return;
+        }
+        let mut text = Text::default();
+        event.record(&mut text);
+        if text.has_module {
+            return;
+        }
+        self.sink.emit(
+            level(meta.level()),
+            meta.target(),
+            &format!("{}{}", text.message, text.fields),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn records_at_or_above_the_level_become_events_once() {
+        let sink = EventSink::new();
+        let subscriber = tracing_subscriber::registry()
+            .with(EventLayer::new(sink.clone(), tracing::Level::WARN));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("too verbose");
+            tracing::warn!(addr = "127.0.0.1:1", "listener retry");
+            tracing::error!(module = "KeyKeeper", "already an event");
+            tracing::error!("token=abc leaked?");
+        });
+        let events = sink.drain();
+        let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            ["listener retry addr=127.0.0.1:1", "token=*** leaked?"]
+        );
+        assert_eq!(events[0].event_level, EventLevel::Warn);
+        assert_eq!(events[1].event_level, EventLevel::Error);
+    }
+}

@@ -1,0 +1,401 @@
+//! The agent's core against a secure-channel host on loopback: latching, restart, rotation, disabled, an
+//! unreachable host, the status report, provisioning tags, and the listener bind rule.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gpa::config::Config;
+use gpa::keykeeper::{PolicyError, PolicySink};
+use gpa::lifecycle::{Agent, Parts, bind_listener};
+use gpa::status::{Module, StatusBoard};
+use gpa::telemetry::EventSink;
+use msp_core::status::ModuleState;
+use support::{FakeWireServer, HostMode};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct RecordingPolicy(Mutex<Vec<Vec<SocketAddr>>>);
+
+impl PolicySink for RecordingPolicy {
+    fn set_policy(&self, destinations: &[SocketAddr]) -> Result<(), PolicyError> {
+        self.0.lock().unwrap().push(destinations.to_vec());
+        Ok(())
+    }
+}
+
+impl RecordingPolicy {
+    fn last(&self) -> Option<Vec<SocketAddr>> {
+        self.0.lock().unwrap().last().cloned()
+    }
+}
+
+fn config(root: &Path, host: SocketAddr) -> Config {
+    Config {
+        log_folder: root.join("log"),
+        event_folder: root.join("log/events"),
+        latch_key_folder: root.join("state/keys"),
+        poll_key_status_interval_in_seconds: 1,
+        monitor_interval_in_seconds: 1,
+        host_call_timeout_in_seconds: 2,
+        wire_server_endpoint: host,
+        host_ga_plugin_endpoint: SocketAddr::new(host.ip(), 1),
+        imds_endpoint: "127.0.0.254:9".parse().unwrap(),
+        proxy_listen_address: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+struct Running {
+    agent: Agent,
+    cancel: CancellationToken,
+    policy: Arc<RecordingPolicy>,
+}
+
+impl Running {
+    async fn start(config: Config) -> Running {
+        let policy = Arc::new(RecordingPolicy::default());
+        let sink = policy.clone();
+        let parts = Parts {
+            start_redirector: Box::new(move |_| Ok(sink.clone() as Arc<dyn PolicySink>)),
+            serve_proxy: Box::new(|ctx| Box::pin(async move { ctx.cancel.cancelled().await })),
+        };
+        let cancel = CancellationToken::new();
+        let agent = Agent::start(Arc::new(config), parts, EventSink::new(), cancel.clone()).await;
+        Running {
+            agent,
+            cancel,
+            policy,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.agent.stop().await;
+    }
+
+    fn key_guid(&self) -> Option<String> {
+        self.agent
+            .snapshots
+            .borrow()
+            .key
+            .as_ref()
+            .map(|k| k.guid.to_string())
+    }
+
+    fn latch_message(&self) -> String {
+        self.agent.board.module(Module::KeyLatch).message
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o777
+}
+
+fn key_file(root: &Path, guid: &str) -> PathBuf {
+    root.join(format!("state/keys/{guid}.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_020_022_fresh_latch_then_restart_reuses_the_stored_key() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    wait_until("a latched key", Duration::from_secs(10), || {
+        agent.key_guid().is_some()
+    })
+    .await;
+    let guid = agent.key_guid().unwrap();
+    assert_eq!(
+        host.latched_guid().as_deref(),
+        Some(guid.as_str()),
+        "the host latched the attested key"
+    );
+    assert_eq!(host.with(|s| (s.acquires, s.attests)), (1, 1));
+    assert!(
+        agent
+            .latch_message()
+            .starts_with("Successfully attest the key and ready to use. - ")
+    );
+    assert_eq!(mode(&key_file(root.path(), &guid)), 0o600);
+    assert_eq!(mode(&root.path().join("state/keys")), 0o700);
+    assert_eq!(mode(&root.path().join("state/rules")), 0o700);
+    let states = agent.agent.board.proxy_agent_status().key_latch_status;
+    assert_eq!(
+        states.state("secureChannelState"),
+        Some("WireServer Enforce -  IMDS Enforce - HostGA Enforce")
+    );
+    assert_eq!(states.state("keyGuid"), Some(guid.as_str()));
+    assert_eq!(states.state("wireServerRuleId"), Some("ws-1"));
+    assert_eq!(states.state("keyIncarnationId"), Some("0"));
+    let endpoints = config(root.path(), host.addr).endpoints();
+    wait_until("the enforce policy", Duration::from_secs(5), || {
+        agent.policy.last().is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        agent.policy.last().unwrap(),
+        [endpoints.wireserver, endpoints.hostga, endpoints.imds]
+    );
+    wait_until("last-status.json", Duration::from_secs(5), || {
+        root.path().join("state/keys/last-status.json").exists()
+    })
+    .await;
+    assert_eq!(
+        mode(&root.path().join("state/keys/last-status.json")),
+        0o600
+    );
+    agent.stop().await;
+
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    wait_until("the restored key", Duration::from_secs(3), || {
+        let snap = agent.agent.snapshots.borrow().clone();
+        snap.ready && snap.key.is_some()
+    })
+    .await;
+    assert_eq!(agent.key_guid().as_deref(), Some(guid.as_str()));
+    let polls = host.with(|s| s.status_polls);
+    wait_until("two more polls", Duration::from_secs(5), || {
+        host.with(|s| s.status_polls) >= polls + 2
+    })
+    .await;
+    assert_eq!(
+        host.with(|s| (s.acquires, s.attests)),
+        (1, 1),
+        "no acquire or attest after a restart"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_023_025_rotation_follows_a_reset_pairs_guid_and_key_and_deletes_old_keys() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    let mut guids = Vec::new();
+    for round in 0..3 {
+        wait_until("a latched key", Duration::from_secs(10), || {
+            agent.key_guid().is_some_and(|g| !guids.contains(&g))
+        })
+        .await;
+        let guid = agent.key_guid().unwrap();
+        assert_eq!(
+            host.latched_guid().as_deref(),
+            Some(guid.as_str()),
+            "round {round}"
+        );
+        // conf 23: the snapshot pairs the guid with exactly that guid's key.
+        let snap = agent.agent.snapshots.borrow().clone();
+        let ready = snap.key.as_ref().unwrap();
+        let latched = host.with(|s| s.latched.clone()).unwrap();
+        assert_eq!(
+            (ready.guid.as_str(), ready.key.as_bytes()),
+            (latched.0.as_str(), &latched.1)
+        );
+        guids.push(guid);
+        host.reset_key();
+        // What the proxy does on a `401 KEY_UNKNOWN`.
+        agent.agent.keeper.key_unknown();
+    }
+    wait_until("the fourth key", Duration::from_secs(10), || {
+        agent.key_guid().is_some_and(|g| !guids.contains(&g))
+    })
+    .await;
+    let current = agent.key_guid().unwrap();
+    assert!(key_file(root.path(), &current).exists());
+    assert!(
+        key_file(root.path(), &guids[2]).exists(),
+        "the predecessor is kept"
+    );
+    assert!(
+        !key_file(root.path(), &guids[0]).exists(),
+        "older keys are deleted"
+    );
+    assert!(!key_file(root.path(), &guids[1]).exists());
+    let states = agent.agent.board.proxy_agent_status().key_latch_status;
+    assert_eq!(states.state("keyIncarnationId"), Some("3"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_024_disabled_drops_the_key_and_the_policy() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    wait_until("a latched key", Duration::from_secs(10), || {
+        agent.key_guid().is_some()
+    })
+    .await;
+    host.set_mode(HostMode::Disabled);
+    wait_until("the key dropped", Duration::from_secs(5), || {
+        agent.key_guid().is_none()
+    })
+    .await;
+    wait_until("the disabled message", Duration::from_secs(5), || {
+        agent
+            .latch_message()
+            .starts_with("Customer has not enforce the secure channel state. - ")
+    })
+    .await;
+    assert_eq!(
+        agent.policy.last(),
+        Some(Vec::new()),
+        "nothing is redirected"
+    );
+    assert!(!root.path().join("state/keys/last-status.json").exists());
+    let states = agent.agent.board.proxy_agent_status().key_latch_status;
+    assert_eq!(states.state("secureChannelState"), Some("disabled"));
+    assert_eq!(states.state("keyGuid"), None);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g3_unreachable_host_keeps_serving_the_latched_key_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let (addr, state) = (host.addr, host.state.clone());
+    let agent = Running::start(config(root.path(), addr)).await;
+    wait_until("a latched key", Duration::from_secs(10), || {
+        agent.key_guid().is_some()
+    })
+    .await;
+    let guid = agent.key_guid().unwrap();
+    wait_until("last-status.json", Duration::from_secs(5), || {
+        root.path().join("state/keys/last-status.json").exists()
+    })
+    .await;
+    agent.stop().await;
+    drop(host);
+
+    let agent = Running::start(config(root.path(), addr)).await;
+    wait_until("the failed poll", Duration::from_secs(5), || {
+        agent
+            .latch_message()
+            .starts_with("Failed to get key status - ")
+    })
+    .await;
+    let snap = agent.agent.snapshots.borrow().clone();
+    assert!(snap.ready, "served from the persisted status");
+    assert_eq!(
+        snap.key.as_ref().map(|k| k.guid.to_string()),
+        Some(guid.clone())
+    );
+    assert_eq!(
+        agent.policy.last().map(|p| p.len()),
+        Some(3),
+        "redirection restored at once"
+    );
+
+    let host = FakeWireServer::start_on(addr, state).await;
+    let polls = host.with(|s| s.status_polls);
+    wait_until("polls again", Duration::from_secs(10), || {
+        host.with(|s| s.status_polls) > polls
+    })
+    .await;
+    assert_eq!(agent.key_guid(), Some(guid));
+    assert_eq!(host.with(|s| s.acquires), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_099_086_status_report_reaches_the_host_signed_and_tags_are_written() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let mut cfg = config(root.path(), host.addr);
+    cfg.report_status_to_host = true;
+    let agent = Running::start(cfg).await;
+    wait_until("a signed SUCCESS report", Duration::from_secs(15), || {
+        host.with(|s| {
+            s.reports
+                .iter()
+                .any(|(signed, doc)| *signed && doc["proxyAgentStatus"]["status"] == "SUCCESS")
+        })
+    })
+    .await;
+    let keys = root.path().join("state/keys");
+    assert_eq!(
+        std::fs::read(keys.join("status.tag")).unwrap(),
+        b"",
+        "provisioned without error"
+    );
+    assert_eq!(mode(&keys.join("provisioned.tag")), 0o600);
+    let status = root.path().join("log/status.json");
+    assert_eq!(mode(&status), 0o640);
+    let text = std::fs::read_to_string(&status).unwrap();
+    let guid = agent.key_guid().unwrap();
+    assert!(text.contains(&guid), "status shows the key guid");
+    let latched = host.with(|s| {
+        s.latched
+            .as_ref()
+            .map(|(_, k)| hex::encode_upper(k))
+            .unwrap()
+    });
+    assert!(
+        !text.to_uppercase().contains(&latched),
+        "never the key bytes"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_099_no_report_by_default() {
+    let root = tempfile::tempdir().unwrap();
+    let host = FakeWireServer::start().await;
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    let status = root.path().join("log/status.json");
+    wait_until("status.json", Duration::from_secs(15), || status.exists()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(host.with(|s| s.reports.is_empty()));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn conf_001_bind_retries_on_address_in_use_then_binds() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let board = StatusBoard::new();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(held);
+    });
+    let listener = bind_listener(addr, &board, &CancellationToken::new()).await;
+    release.await.unwrap();
+    assert_eq!(listener.unwrap().local_addr().unwrap(), addr);
+    let m = board.module(Module::Listener);
+    assert_eq!(m.status, ModuleState::Running);
+    assert!(m.message.starts_with(&format!(
+        "Started proxy listener {addr}, ready to accept request - "
+    )));
+}
+
+#[tokio::test]
+async fn bind_fails_at_once_on_other_errors_and_stops_the_listener_module() {
+    let board = StatusBoard::new();
+    // An address of no local interface (TEST-NET-1; bind only, nothing is sent): EADDRNOTAVAIL, not "in use".
+    let addr: SocketAddr = "192.0.2.1:0".parse().unwrap();
+    let started = std::time::Instant::now();
+    let listener = bind_listener(addr, &board, &CancellationToken::new()).await;
+    assert!(listener.is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no retry for other errors"
+    );
+    let m = board.module(Module::Listener);
+    assert_eq!(m.status, ModuleState::Stopped);
+    assert!(m.message.contains("192.0.2.1"), "{}", m.message);
+}
