@@ -573,3 +573,32 @@ fn root_a_native_ipv6_endpoint_is_redirected_to_the_ipv6_loopback_listener() {
     client.finish();
     redirector.stop().unwrap();
 }
+
+#[test]
+fn root_a_tcp_fast_open_connect_is_redirected_and_recorded() {
+    if !root_ready("root_a_tcp_fast_open_connect_is_redirected_and_recorded") {
+        return;
+    }
+    let cgroup = TestCgroup::new("fastopen");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    // spec §7.1: Fast Open connects are intercepted too (the SYN leaves with the first write).
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[("GPA_TEST_FASTOPEN", "1")]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("peer"),
+        Some(&endpoint.addr.to_string()),
+        "{report:?}"
+    );
+    let mut accepted = proxy.accept();
+    assert_eq!(read_line(&mut accepted.stream), "fast open");
+    let record = redirector.take(accepted.peer).expect("record");
+    assert_eq!(
+        (record.tgid, record.original_dst),
+        (client.pid, endpoint.addr)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}

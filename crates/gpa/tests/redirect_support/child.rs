@@ -58,8 +58,32 @@ fn cgroup_ns() -> String {
         .unwrap_or_default()
 }
 
-/// Connects to `target`, from `bind` when given (SO_REUSEADDR, as an attacker reusing a port would).
-fn dial(target: SocketAddr, bind: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+/// Connects to `target`, from `bind` when given (SO_REUSEADDR, as an attacker reusing a port would), or with TCP
+/// Fast Open (`TCP_FASTOPEN_CONNECT`: the SYN leaves with the first write) when `fast_open` is set.
+fn dial(
+    target: SocketAddr,
+    bind: Option<SocketAddr>,
+    fast_open: bool,
+) -> std::io::Result<TcpStream> {
+    if fast_open {
+        let SocketAddr::V4(target) = target else {
+            panic!("fast open needs an IPv4 target")
+        };
+        let fd: OwnedFd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::TcpFastOpenConnect, &true)?;
+        nix::sys::socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(target),
+        )?;
+        let mut stream = TcpStream::from(fd);
+        stream.write_all(b"fast open\n")?;
+        return Ok(stream);
+    }
     let Some(SocketAddr::V4(bind)) = bind else {
         return TcpStream::connect_timeout(&target, Duration::from_secs(5));
     };
@@ -92,7 +116,8 @@ fn connect_role() {
     let bind = std::env::var("GPA_TEST_BIND")
         .ok()
         .map(|b| b.parse().unwrap());
-    let mut stream = match dial(target, bind) {
+    let fast_open = std::env::var("GPA_TEST_FASTOPEN").is_ok();
+    let mut stream = match dial(target, bind, fast_open) {
         Ok(stream) => stream,
         Err(e) => {
             say(&[
