@@ -22,24 +22,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Where the fabric endpoints are (spec §1.3): one source for redirect policy, destination table and the `Host`
 /// header of the agent's own calls.
-// TODO(merge): replace with `pub use msp_core::endpoint::EndpointAddrs;` once canon lands on main (same fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EndpointAddrs {
-    pub wireserver: SocketAddr,
-    pub hostga: SocketAddr,
-    pub imds: SocketAddr,
-}
-
-impl EndpointAddrs {
-    /// The configured address of `endpoint`.
-    pub fn addr(&self, endpoint: msp_core::Endpoint) -> SocketAddr {
-        match endpoint {
-            msp_core::Endpoint::WireServer => self.wireserver,
-            msp_core::Endpoint::HostGaPlugin => self.hostga,
-            msp_core::Endpoint::Imds => self.imds,
-        }
-    }
-}
+pub use msp_core::endpoint::EndpointAddrs;
 
 /// Why the configuration could not be used. Every variant names the file; every key-specific one the key.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ use msp_core::wire::ChannelState;
 use tokio::sync::watch;
 
 use crate::config::EndpointAddrs;
-pub use crate::keykeeper::rules_seam::{CompiledItem, Items};
+pub use msp_core::rules::{CompiledItem, Items};
 
 /// A clock sync is refreshed from a status response only when older than this (spec §2.12).
 pub const CLOCK_RESYNC_AFTER: Duration = Duration::from_secs(15 * 60);

@@ -10,7 +10,6 @@ pub mod channel;
 pub mod keystore;
 pub mod machine;
 pub mod rules;
-pub mod rules_seam;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

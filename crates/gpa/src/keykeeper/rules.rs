@@ -14,7 +14,7 @@ use msp_core::Endpoint;
 use msp_core::wire::{AuthorizationRules, KeyStatus};
 use serde::Serialize;
 
-use super::rules_seam::{Built, EffectiveId, Items, LocalFile, LocalOutcome, build_item};
+use msp_core::rules::{Built, EffectiveId, Items, LocalFile, LocalOutcome, build_item};
 use crate::storage::{self, FileIdentity, ModeRule, SecureDir, StorageError};
 use crate::telemetry::{EventLevel, EventSink};
 
@@ -312,9 +312,9 @@ pub fn rules_file_name(unix_nanos: i64) -> String {
 
 #[derive(Serialize)]
 struct ComputedRules<'a> {
-    wireserver: Option<&'a super::rules_seam::CompiledItem>,
-    imds: Option<&'a super::rules_seam::CompiledItem>,
-    hostga: Option<&'a super::rules_seam::CompiledItem>,
+    wireserver: Option<&'a msp_core::rules::CompiledItem>,
+    imds: Option<&'a msp_core::rules::CompiledItem>,
+    hostga: Option<&'a msp_core::rules::CompiledItem>,
 }
 
 #[derive(Serialize)]
