@@ -4,9 +4,11 @@
 pub mod clock;
 pub mod config;
 pub mod hostcall;
+pub mod identity;
 pub mod keykeeper;
 pub mod lifecycle;
 pub mod logfile;
+pub mod redirect;
 pub mod snapshot;
 pub mod status;
 pub mod storage;

@@ -14,9 +14,9 @@ use msp_core::Endpoint;
 use msp_core::wire::{AuthorizationRules, KeyStatus};
 use serde::Serialize;
 
-use msp_core::rules::{Built, EffectiveId, Items, LocalFile, LocalOutcome, build_item};
 use crate::storage::{self, FileIdentity, ModeRule, SecureDir, StorageError};
 use crate::telemetry::{EventLevel, EventSink};
+use msp_core::rules::{Built, EffectiveId, Items, LocalFile, LocalOutcome, build_item};
 
 /// Parse attempts of a local file per resolution (spec §4.7).
 pub const LOCAL_FILE_ATTEMPTS: u32 = 3;

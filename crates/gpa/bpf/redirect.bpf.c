@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * The redirector (spec §7): sends TCP connects to the configured metadata endpoints to the agent's proxy listener
+ * and records, in the kernel, who made each one.
+ *
+ *   cgroup/connect4, cgroup/connect6   endpoint in `policy` and caller not in `skip`: write a conn_record into the
+ *                                      socket's storage, rewrite the destination to the listener (spec §7.2)
+ *   sockops (TCP_CONNECT_CB)           publish the record under the client's (ip, port) once it is known (§7.3)
+ *   sockops (STATE_CB, TCP_CLOSE)      remove an untaken record when its socket closes (§7.3)
+ *   cgroup/getpeername4, getpeername6  show the client its original destination (§7.2)
+ *
+ * Every program returns 1 ("proceed"): the redirector never refuses a connect. A matched connect it cannot record
+ * is still redirected, and the proxy refuses it with 421 (fail closed, spec §8.2); an unmatched one goes where it
+ * was going. This program must never redirect UDP or raw sockets, never record a connect it did not rewrite, and
+ * never let a record outlive its socket.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#include "shared.h"
+
+/* GPL-compatible: bpf_get_current_task and bpf_probe_read_kernel are GPL-only helpers. */
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* ===== constants ===== */
+
+#define VERDICT_PROCEED 1
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define NSEC_PER_USER_HZ (1000000000ULL / USER_HZ)
+#define SINGLE_SLOT 1 /* max_entries of maps that hold one value, at key 0 */
+
+/* ===== kernel types read with CO-RE (relocated against the running kernel's BTF at load) ===== */
+
+struct super_block___gpa {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode___gpa {
+	unsigned long i_ino;
+	struct super_block___gpa *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file___gpa {
+	struct inode___gpa *f_inode;
+} __attribute__((preserve_access_index));
+
+struct mm_struct___gpa {
+	struct file___gpa *exe_file;
+} __attribute__((preserve_access_index));
+
+struct task_struct___gpa {
+	struct task_struct___gpa *group_leader;
+	struct mm_struct___gpa *mm;
+	__u64 start_boottime;
+} __attribute__((preserve_access_index));
+
+/* ===== maps ===== */
+
+/* Endpoint -> listener. Written by the agent (set_policy), read by connect4/connect6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, POLICY_MAX_ENTRIES);
+	__type(key, struct addr_port);
+	__type(value, struct addr_port);
+} policy SEC(".maps");
+
+/* Slot 0: a one-word Bloom filter of the addresses in `policy` (FILTER_* in shared.h). A connect whose address bit
+ * is clear cannot be in the policy and skips the hash lookup. Written by the agent, always a superset of the
+ * policy's addresses (bits set before entries are inserted, cleared after they are deleted); read by
+ * connect4/connect6. An aligned 64-bit word is read whole, never torn. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SINGLE_SLOT);
+	__type(key, __u32);
+	__type(value, __u64);
+} policy_filter SEC(".maps");
+
+/* Agent tgid -> its start time in clock ticks (/proc/<pid>/stat field 22). Written by the agent before any hook
+ * attaches; read by connect4/connect6. The start time keeps a reused pid from inheriting the exemption. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SKIP_MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+} skip SEC(".maps");
+
+/* The record of a redirected socket, bound to the socket's lifetime. Written by connect4/connect6, read by sock_ops
+ * and getpeername4/6. Socket storage has no max_entries: the kernel frees it with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_record);
+} records SEC(".maps");
+
+/* Client (ip, port) -> record, for the proxy to find from the accepted socket's peer address. Written by sock_ops;
+ * taken (lookup + delete) by the agent; deleted by sock_ops when the client socket closes. A plain hash: when it is
+ * full a new record is dropped, never an older one evicted (spec §7.3). Not preallocated: the capacity is a bound,
+ * not 14 MB of kernel memory held for records that are almost always few. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, PUBLISH_MAX_ENTRIES);
+	__type(key, struct addr_port);
+	__type(value, struct conn_record);
+} published SEC(".maps");
+
+/* Slot 0: a fingerprint of the object the attached programs came from. Written by the agent at a fresh start;
+ * read by a restarted agent, which adopts pinned programs only when the fingerprint is its own (spec §7.5). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SINGLE_SLOT);
+	__type(key, __u32);
+	__type(value, __u64);
+} meta SEC(".maps");
+
+/* enum counter -> count, per CPU. Written by every program, summed by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* ===== helpers ===== */
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
+
+	/* Atomic although per-CPU: a program in a cgroup hook may be preempted by another run on the same CPU. */
+	if (value)
+		__sync_fetch_and_add(value, 1);
+}
+
+static __always_inline void addr_from_ip4(struct addr_port *addr, __u32 ip4_be, __u16 port_be)
+{
+	addr->ip6_be[0] = 0;
+	addr->ip6_be[1] = 0;
+	addr->ip6_be[2] = bpf_htonl(0x0000ffff);
+	addr->ip6_be[3] = ip4_be;
+	addr->port_be = port_be;
+	addr->_pad0 = 0;
+}
+
+static __always_inline int addr_is_ip4(const struct addr_port *addr)
+{
+	return addr->ip6_be[0] == 0 && addr->ip6_be[1] == 0 && addr->ip6_be[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int addr_equal(const struct addr_port *a, const struct addr_port *b)
+{
+	return a->ip6_be[0] == b->ip6_be[0] && a->ip6_be[1] == b->ip6_be[1] && a->ip6_be[2] == b->ip6_be[2] &&
+	       a->ip6_be[3] == b->ip6_be[3] && a->port_be == b->port_be;
+}
+
+/* Whether `addr` may be in the policy: false means certainly not. A missing filter says "maybe". */
+static __always_inline int may_be_in_policy(const struct addr_port *addr)
+{
+	__u32 fold = addr->ip6_be[0] ^ addr->ip6_be[1] ^ addr->ip6_be[2] ^ addr->ip6_be[3];
+	__u32 zero = 0;
+	__u64 *bits = bpf_map_lookup_elem(&policy_filter, &zero);
+
+	return !bits || (*bits >> ((fold * FILTER_MULTIPLIER) >> FILTER_SHIFT)) & 1;
+}
+
+static __always_inline __u64 leader_start_boottime(struct task_struct___gpa *task)
+{
+	return BPF_CORE_READ(task, group_leader, start_boottime);
+}
+
+/* The caller is the agent: its tgid is in `skip` with the same process start time (spec §7.2). */
+static __always_inline int caller_is_agent(__u32 tgid)
+{
+	__u64 *start_ticks = bpf_map_lookup_elem(&skip, &tgid);
+	struct task_struct___gpa *task;
+
+	if (!start_ticks)
+		return 0;
+	task = (struct task_struct___gpa *)bpf_get_current_task();
+	return leader_start_boottime(task) / NSEC_PER_USER_HZ == *start_ticks;
+}
+
+/* Fill the record of the current task's connect() (spec §7.3). */
+static __always_inline void record_caller(struct conn_record *rec, void *ctx, __u64 pid_tgid,
+					  const struct addr_port *original_dst, const struct addr_port *listener)
+{
+	struct task_struct___gpa *task = (struct task_struct___gpa *)bpf_get_current_task();
+	struct inode___gpa *exe_inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	rec->socket_cookie = bpf_get_socket_cookie(ctx);
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	rec->connect_ktime_ns = bpf_ktime_get_ns();
+	rec->start_boottime_ns = leader_start_boottime(task);
+	rec->exe_ino = 0;
+	rec->exe_dev = 0;
+	if (exe_inode) {
+		rec->exe_ino = BPF_CORE_READ(exe_inode, i_ino);
+		rec->exe_dev = BPF_CORE_READ(exe_inode, i_sb, s_dev);
+	}
+	rec->tgid = pid_tgid >> 32;
+	rec->tid = (__u32)pid_tgid;
+	rec->uid = (__u32)uid_gid;
+	rec->gid = uid_gid >> 32;
+	rec->state = RECORD_PENDING;
+	rec->original_dst = *original_dst;
+	rec->listener = *listener;
+	__builtin_memset(&rec->client, 0, sizeof(rec->client));
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+	rec->_pad1 = 0;
+}
+
+/*
+ * Decide one connect to `dst`. Returns the listener to send it to, or NULL to leave it alone. On a match the
+ * record goes into the socket's storage first; without storage the connect is still redirected, and the proxy,
+ * finding no record, answers 421 (fail closed).
+ */
+static __always_inline const struct addr_port *redirect_connect(struct bpf_sock_addr *ctx,
+								 const struct addr_port *dst)
+{
+	const struct addr_port *listener;
+	struct conn_record *rec;
+	struct bpf_sock *sk;
+	__u64 pid_tgid;
+
+	if (ctx->type != SOCK_STREAM)
+		return 0; /* UDP and raw sockets are not intercepted (spec §7.1) */
+	/* The hot path: every other connect of the machine ends here, uncounted, most after one inlined load. */
+	if (!may_be_in_policy(dst))
+		return 0;
+	listener = bpf_map_lookup_elem(&policy, dst);
+	if (!listener)
+		return 0;
+	count(COUNTER_CONNECT_SEEN);
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (caller_is_agent(pid_tgid >> 32)) {
+		count(COUNTER_SKIPPED);
+		return 0;
+	}
+	sk = ctx->sk;
+	rec = sk ? bpf_sk_storage_get(&records, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+	if (rec)
+		record_caller(rec, ctx, pid_tgid, dst, listener);
+	else
+		count(COUNTER_STORAGE_FAILED);
+	count(COUNTER_REDIRECTED);
+	return listener;
+}
+
+/* TCP_CONNECT_CB: the source address is known now; publish the pending record under it (spec §7.3). */
+static __always_inline void publish_record(struct bpf_sock_ops *skops)
+{
+	struct addr_port peer = {};
+	struct conn_record *rec;
+	struct bpf_sock *sk = skops->sk;
+	__u16 remote_port_be;
+
+	if (!sk)
+		return;
+	rec = bpf_sk_storage_get(&records, sk, 0, 0);
+	if (!rec || rec->state != RECORD_PENDING)
+		return; /* not redirected: un-redirected connects create no record */
+	rec->state = RECORD_PUBLISHED;
+	/* kernel: local_port is a host-order port; remote_port is a network-order 32-bit number whose value is the
+	 * port (the 16-bit port sits in its high half on little-endian machines). */
+	remote_port_be = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+	if (skops->family == AF_INET) {
+		addr_from_ip4(&peer, skops->remote_ip4, remote_port_be);
+		addr_from_ip4(&rec->client, skops->local_ip4, bpf_htons((__u16)skops->local_port));
+	} else {
+		peer.ip6_be[0] = skops->remote_ip6[0];
+		peer.ip6_be[1] = skops->remote_ip6[1];
+		peer.ip6_be[2] = skops->remote_ip6[2];
+		peer.ip6_be[3] = skops->remote_ip6[3];
+		peer.port_be = remote_port_be;
+		rec->client.ip6_be[0] = skops->local_ip6[0];
+		rec->client.ip6_be[1] = skops->local_ip6[1];
+		rec->client.ip6_be[2] = skops->local_ip6[2];
+		rec->client.ip6_be[3] = skops->local_ip6[3];
+		rec->client.port_be = bpf_htons((__u16)skops->local_port);
+		rec->client._pad0 = 0;
+	}
+	if (!addr_equal(&peer, &rec->listener))
+		return; /* a later, direct connect of a socket whose redirected connect failed early */
+	/* BPF_ANY: a key still present belongs to a socket that no longer holds this address; this one owns it now.
+	 * When the map is full the insert fails with E2BIG (or ENOMEM) and nothing is evicted. */
+	if (bpf_map_update_elem(&published, &rec->client, rec, BPF_ANY) != 0) {
+		count(COUNTER_PUBLISH_FULL);
+		return;
+	}
+	count(COUNTER_PUBLISHED);
+	/* Ask for TCP state callbacks so the record leaves with the socket. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* STATE_CB to TCP_CLOSE: drop the socket's record if the agent has not taken it (spec §7.3). */
+static __always_inline void release_record(struct bpf_sock_ops *skops)
+{
+	struct conn_record *rec, *published_rec;
+	struct bpf_sock *sk = skops->sk;
+
+	if (skops->args[1] != BPF_TCP_CLOSE || !sk)
+		return;
+	rec = bpf_sk_storage_get(&records, sk, 0, 0);
+	if (!rec || rec->state != RECORD_PUBLISHED)
+		return;
+	published_rec = bpf_map_lookup_elem(&published, &rec->client);
+	/* Only our own entry: the cookie tells sockets apart where the address cannot. */
+	if (published_rec && published_rec->socket_cookie == rec->socket_cookie &&
+	    bpf_map_delete_elem(&published, &rec->client) == 0)
+		count(COUNTER_RELEASED);
+}
+
+/* getpeername() of a redirected socket: the original destination instead of the listener (spec §7.2). */
+static __always_inline const struct conn_record *redirected_record(struct bpf_sock_addr *ctx,
+								    const struct addr_port *peer)
+{
+	const struct conn_record *rec;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return 0;
+	rec = bpf_sk_storage_get(&records, sk, 0, 0);
+	if (!rec || !addr_equal(peer, &rec->listener))
+		return 0;
+	count(COUNTER_PEER_REWRITTEN);
+	return rec;
+}
+
+/* ===== programs ===== */
+
+/* kernel: connect4 runs for AF_INET sockets before the route lookup; user_port is 4 bytes, network order. */
+SEC("cgroup/connect4")
+int gpa_connect4(struct bpf_sock_addr *ctx)
+{
+	const struct addr_port *listener;
+	struct addr_port dst;
+
+	addr_from_ip4(&dst, ctx->user_ip4, (__u16)ctx->user_port);
+	listener = redirect_connect(ctx, &dst);
+	if (listener && addr_is_ip4(listener)) {
+		ctx->user_ip4 = listener->ip6_be[3];
+		ctx->user_port = listener->port_be;
+	}
+	return VERDICT_PROCEED; /* never refuse: fail open toward the proxy */
+}
+
+/* kernel: a dual-stack AF_INET6 socket connecting to ::ffff:a.b.c.d runs connect6, not connect4 (DESIGN.md). */
+SEC("cgroup/connect6")
+int gpa_connect6(struct bpf_sock_addr *ctx)
+{
+	const struct addr_port *listener;
+	struct addr_port dst = {};
+
+	dst.ip6_be[0] = ctx->user_ip6[0];
+	dst.ip6_be[1] = ctx->user_ip6[1];
+	dst.ip6_be[2] = ctx->user_ip6[2];
+	dst.ip6_be[3] = ctx->user_ip6[3];
+	dst.port_be = (__u16)ctx->user_port;
+	listener = redirect_connect(ctx, &dst);
+	if (listener) {
+		/* An IPv4-mapped endpoint maps to the IPv4 listener in mapped form, a native one to [::1] (spec §7.1). */
+		ctx->user_ip6[0] = listener->ip6_be[0];
+		ctx->user_ip6[1] = listener->ip6_be[1];
+		ctx->user_ip6[2] = listener->ip6_be[2];
+		ctx->user_ip6[3] = listener->ip6_be[3];
+		ctx->user_port = listener->port_be;
+	}
+	return VERDICT_PROCEED; /* never refuse: fail open toward the proxy */
+}
+
+/* kernel: sock_ops sees local_port only from TCP_CONNECT_CB on, just before the SYN is sent. */
+SEC("sockops")
+int gpa_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		publish_record(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		release_record(skops);
+		break;
+	}
+	return VERDICT_PROCEED; /* sock_ops return values do not gate the connection */
+}
+
+/* kernel: getpeername4 may rewrite user_ip4/user_port of the answer only; the socket keeps its real peer. */
+SEC("cgroup/getpeername4")
+int gpa_peername4(struct bpf_sock_addr *ctx)
+{
+	const struct conn_record *rec;
+	struct addr_port peer;
+
+	addr_from_ip4(&peer, ctx->user_ip4, (__u16)ctx->user_port);
+	rec = redirected_record(ctx, &peer);
+	if (rec && addr_is_ip4(&rec->original_dst)) {
+		ctx->user_ip4 = rec->original_dst.ip6_be[3];
+		ctx->user_port = rec->original_dst.port_be;
+	}
+	return VERDICT_PROCEED; /* getpeername cannot be refused here */
+}
+
+SEC("cgroup/getpeername6")
+int gpa_peername6(struct bpf_sock_addr *ctx)
+{
+	const struct conn_record *rec;
+	struct addr_port peer = {};
+
+	peer.ip6_be[0] = ctx->user_ip6[0];
+	peer.ip6_be[1] = ctx->user_ip6[1];
+	peer.ip6_be[2] = ctx->user_ip6[2];
+	peer.ip6_be[3] = ctx->user_ip6[3];
+	peer.port_be = (__u16)ctx->user_port;
+	rec = redirected_record(ctx, &peer);
+	if (rec) {
+		ctx->user_ip6[0] = rec->original_dst.ip6_be[0];
+		ctx->user_ip6[1] = rec->original_dst.ip6_be[1];
+		ctx->user_ip6[2] = rec->original_dst.ip6_be[2];
+		ctx->user_ip6[3] = rec->original_dst.ip6_be[3];
+		ctx->user_port = rec->original_dst.port_be;
+	}
+	return VERDICT_PROCEED; /* getpeername cannot be refused here */
+}

@@ -1,0 +1,139 @@
+//! Reads one process's `/proc` entries through a directory descriptor. The descriptor is bound to the process,
+//! not to its number: once the process is gone every read through it fails, even if the pid is reused, so what
+//! is read after the start-time check belongs to the process that was checked.
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+
+use crate::identity::stat_start_ticks;
+use crate::redirect::ExeId;
+
+/// Bytes of `/proc/<pid>/cmdline` read at most; enough for 4 words and the 1,024-byte claim (spec §6).
+pub(super) const CMDLINE_READ_MAX: usize = 32 * 1024;
+/// Bytes of `/proc/<pid>/stat` or `fdinfo` read at most (both are a few hundred bytes).
+const SMALL_FILE_MAX: usize = 4096;
+/// Bytes of `/proc/<pid>/mountinfo` read at most (a busy container host lists thousands of mounts).
+const MOUNTINFO_READ_MAX: usize = 4 * 1024 * 1024;
+
+/// An open `/proc/<pid>` directory.
+pub(super) struct ProcDir {
+    dir: OwnedFd,
+}
+
+/// The executable a process runs, opened (`O_PATH`) so that its identity and path describe one file.
+pub(super) struct Exe {
+    file: OwnedFd,
+    mnt_id: u64,
+    ino: u64,
+}
+
+impl ProcDir {
+    pub(super) fn open(pid: u32) -> io::Result<ProcDir> {
+        let path = format!("/proc/{pid}");
+        let dir = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(ProcDir { dir })
+    }
+
+    fn read(&self, name: &str, limit: usize) -> io::Result<(Vec<u8>, bool)> {
+        let fd = openat(
+            &self.dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        read_bounded(File::from(fd), limit)
+    }
+
+    /// `/proc/<pid>/stat` field 22, in clock ticks since boot.
+    pub(super) fn start_ticks(&self) -> io::Result<u64> {
+        let (stat, _) = self.read("stat", SMALL_FILE_MAX)?;
+        stat_start_ticks(&String::from_utf8_lossy(&stat))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "stat without a start time"))
+    }
+
+    /// Opens the executable (`/proc/<pid>/exe`) and reads its mount and inode from this process's `fdinfo`.
+    pub(super) fn exe(&self) -> io::Result<Exe> {
+        let file = openat(
+            &self.dir,
+            "exe",
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let (info, _) = read_bounded(
+            File::open(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))?,
+            SMALL_FILE_MAX,
+        )?;
+        let info = String::from_utf8_lossy(&info);
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "fdinfo without mnt_id or ino")
+                })
+        };
+        Ok(Exe {
+            mnt_id: field("mnt_id:")?,
+            ino: field("ino:")?,
+            file,
+        })
+    }
+
+    /// The device (major, minor) of mount `mnt_id` as `/proc/<pid>/mountinfo` shows it: the super block's
+    /// `s_dev`, the same number the kernel program records. `None` when the mount is not listed.
+    pub(super) fn mount_dev(&self, mnt_id: u64) -> io::Result<Option<(u32, u32)>> {
+        let (text, _) = self.read("mountinfo", MOUNTINFO_READ_MAX)?;
+        let text = String::from_utf8_lossy(&text);
+        Ok(text.lines().find_map(|line| {
+            let mut fields = line.split(' ');
+            (fields.next()?.parse::<u64>().ok()? == mnt_id).then_some(())?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        }))
+    }
+
+    /// `/proc/<pid>/cmdline`, at most [`CMDLINE_READ_MAX`] bytes, and whether it was cut there.
+    pub(super) fn cmdline(&self) -> io::Result<(Vec<u8>, bool)> {
+        self.read("cmdline", CMDLINE_READ_MAX)
+    }
+}
+
+impl Exe {
+    /// Same file as `other` (same mount and inode).
+    pub(super) fn same_file(&self, other: &Exe) -> bool {
+        self.mnt_id == other.mnt_id && self.ino == other.ino
+    }
+
+    /// Whether this is the executable the kernel recorded, given the device of its mount.
+    pub(super) fn matches(&self, recorded: &ExeId, mount_dev: Option<(u32, u32)>) -> bool {
+        self.ino == recorded.ino
+            && mount_dev.is_none_or(|dev| dev == (recorded.dev_major, recorded.dev_minor))
+    }
+
+    pub(super) fn mnt_id(&self) -> u64 {
+        self.mnt_id
+    }
+
+    /// The path of the opened file, as `/proc/<pid>/exe` shows it.
+    pub(super) fn path(&self) -> io::Result<PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Reads at most `limit` bytes; the flag says whether more was there.
+fn read_bounded(file: File, limit: usize) -> io::Result<(Vec<u8>, bool)> {
+    let mut buf = Vec::new();
+    let mut reader = file.take(limit as u64 + 1);
+    reader.read_to_end(&mut buf)?;
+    let truncated = buf.len() > limit;
+    buf.truncate(limit);
+    Ok((buf, truncated))
+}

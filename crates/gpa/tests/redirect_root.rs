@@ -1,0 +1,604 @@
+//! Root tests of interception and attribution against the real kernel (spec §7.1–§7.4, conformance items
+//! 66–71). Each test attaches only to a child cgroup it creates; clients run inside it, the harness outside.
+//! Every address is loopback, or the metadata address inside a network namespace a client created.
+#![cfg(target_os = "linux")]
+
+mod redirect_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::thread;
+
+use gpa::redirect::{RedirectError, RedirectFailMode, Redirector};
+use redirect_support::*;
+
+/// Entry point of the re-executed client processes (`redirect_support::child`); a no-op in a normal run.
+#[test]
+#[ignore = "child-process entry point, run by the harness"]
+fn child_role_entry() {
+    child::child_main();
+}
+
+fn connect_client<'a>(
+    cgroup: Option<&'a TestCgroup>,
+    target: SocketAddr,
+    extra: &[(&'a str, &str)],
+) -> Spawn<'a> {
+    let mut env = vec![("GPA_TEST_TARGET", target.to_string())];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Spawn {
+        role: "connect",
+        env,
+        cgroup,
+        ..Spawn::default()
+    }
+}
+
+#[test]
+fn root_redirects_ipv4_connect_and_records_the_caller() {
+    if !root_ready("root_redirects_ipv4_connect_and_records_the_caller") {
+        return;
+    }
+    let cgroup = TestCgroup::new("ipv4");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("connected").map(String::as_str),
+        Some("1"),
+        "{report:?}"
+    );
+    // getpeername shows the original destination (spec §7.2) ...
+    assert_eq!(report["peer"], endpoint.addr.to_string());
+    // ... while the connection arrived at the proxy, from the client's own address.
+    let accepted = proxy.accept();
+    assert_eq!(accepted.peer.to_string(), report["local"]);
+    let record = redirector
+        .take(accepted.peer)
+        .expect("record for a redirected connect");
+    assert_eq!(record.tgid, client.pid);
+    assert_eq!((record.uid, record.gid), (0, 0));
+    assert_eq!(record.original_dst, endpoint.addr);
+    assert_eq!(record.client, accepted.peer);
+    assert!(record.instance.exe.is_some());
+    assert!(!record.comm.is_empty());
+    // Taken means gone.
+    assert!(redirector.take(accepted.peer).is_none());
+    let counters = redirector.counters().unwrap();
+    assert_eq!(
+        (
+            counters.redirected,
+            counters.published,
+            counters.peer_rewritten
+        ),
+        (1, 1, 1),
+        "{counters:?}"
+    );
+    client.finish();
+    redirector.stop().unwrap();
+    assert!(cgroup.attached().is_empty());
+}
+
+#[test]
+fn conf_066_root_dual_stack_socket_to_mapped_address_is_redirected() {
+    if !root_ready("conf_066_root_dual_stack_socket_to_mapped_address_is_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("mapped");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.16]:{}", endpoint.addr.port())
+        .parse()
+        .unwrap();
+    let client = connect_client(Some(&cgroup), mapped, &[]).run();
+    let report = client.report();
+    assert_eq!(report.get("peer"), Some(&mapped.to_string()), "{report:?}");
+    let accepted = proxy.accept();
+    // The IPv4 listener sees the IPv4 form of the client's mapped address (spec §7.2).
+    let local: SocketAddr = report["local"].parse().unwrap();
+    assert_eq!(
+        local.to_string(),
+        format!("[::ffff:{}]:{}", accepted.peer.ip(), accepted.peer.port())
+    );
+    let record = redirector.take(accepted.peer).expect("record");
+    assert_eq!(
+        (record.tgid, record.original_dst),
+        (client.pid, endpoint.addr)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() {
+    if !root_ready("conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("netns");
+    let listen_port = free_port();
+    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let imds: SocketAddr = "169.254.169.254:80".parse().unwrap();
+    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
+    redirector.set_policy(&[imds]).unwrap();
+
+    // The client lives in a network namespace of its own: nothing it sends can leave the machine.
+    let client = Spawn {
+        role: "netns",
+        env: vec![
+            ("GPA_TEST_TARGET", "[::ffff:169.254.169.254]:80".to_owned()),
+            ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
+        ],
+        cgroup: Some(&cgroup),
+        wrapper: vec!["unshare", "--net"],
+        ..Spawn::default()
+    }
+    .run();
+    let report = client.report();
+    assert_eq!(
+        report.get("reply").map(String::as_str),
+        Some("netns"),
+        "{report:?}"
+    );
+    assert_eq!(report["peer"], "[::ffff:169.254.169.254]:80");
+    let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
+    let record = redirector.take(accepted_peer).expect("record");
+    assert_eq!((record.tgid, record.original_dst), (client.pid, imds));
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_client_outside_the_cgroup_is_untouched() {
+    if !root_ready("root_client_outside_the_cgroup_is_untouched") {
+        return;
+    }
+    let cgroup = TestCgroup::new("outside");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let client = connect_client(None, endpoint.addr, &[("GPA_TEST_READ", "1")]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("reply").map(String::as_str),
+        Some("direct"),
+        "{report:?}"
+    );
+    assert_eq!(report["peer"], endpoint.addr.to_string());
+    let counters = redirector.counters().unwrap();
+    assert_eq!((counters.connects_seen, counters.redirected), (0, 0));
+    assert_eq!(redirector.pending_records().unwrap(), 0);
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_071_root_32_concurrent_clients_under_different_uids_are_each_attributed_to_themselves() {
+    if !root_ready(
+        "conf_071_root_32_concurrent_clients_under_different_uids_are_each_attributed_to_themselves",
+    ) {
+        return;
+    }
+    const CLIENTS: u32 = 32;
+    let cgroup = TestCgroup::new("uids");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let clients: Vec<(u32, ChildProc)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let uid = 20_000 + i;
+                let cgroup = &cgroup;
+                s.spawn(move || {
+                    let mut spawn = connect_client(Some(cgroup), endpoint.addr, &[]);
+                    spawn.uid = Some(uid);
+                    (uid, spawn.run())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Who is at which client address, by the clients' own account.
+    let mut expected: HashMap<SocketAddr, (u32, u32)> = HashMap::new();
+    for (uid, client) in &clients {
+        let report = client.report();
+        assert_eq!(
+            report.get("peer"),
+            Some(&endpoint.addr.to_string()),
+            "{report:?}"
+        );
+        expected.insert(report["local"].parse().unwrap(), (client.pid, *uid));
+    }
+    for _ in 0..CLIENTS {
+        let accepted = proxy.accept();
+        let record = redirector
+            .take(accepted.peer)
+            .expect("every redirected connection has its record");
+        let (pid, uid) = expected
+            .remove(&accepted.peer)
+            .expect("peer is one of the clients");
+        assert_eq!((record.tgid, record.uid, record.gid), (pid, uid, uid));
+        assert_eq!(record.original_dst, endpoint.addr);
+    }
+    assert!(expected.is_empty());
+    for (_, client) in clients {
+        client.finish();
+    }
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_070_root_direct_connect_has_no_record_even_with_a_victims_port() {
+    if !root_ready("conf_070_root_direct_connect_has_no_record_even_with_a_victims_port") {
+        return;
+    }
+    let cgroup = TestCgroup::new("direct");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    // The victim's redirected connection waits in the proxy's accept queue, its record pending.
+    let victim = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    let victim_local: SocketAddr = victim.report()["local"].parse().unwrap();
+    assert_eq!(redirector.pending_records().unwrap(), 1);
+    // The attacker connects straight to the listener from another loopback address with the victim's port.
+    let attacker_bind = format!("127.0.0.2:{}", victim_local.port());
+    let attacker = connect_client(
+        Some(&cgroup),
+        proxy.addr,
+        &[("GPA_TEST_BIND", attacker_bind.as_str())],
+    )
+    .run();
+    let attacker_report = attacker.report();
+    assert_eq!(
+        attacker_report.get("local"),
+        Some(&attacker_bind),
+        "{attacker_report:?}"
+    );
+    // And a plain direct connect from inside the cgroup.
+    let plain = connect_client(Some(&cgroup), proxy.addr, &[]).run();
+    let plain_local: SocketAddr = plain.report()["local"].parse().unwrap();
+
+    let mut records = HashMap::new();
+    for _ in 0..3 {
+        let accepted = proxy.accept();
+        records.insert(accepted.peer, redirector.take(accepted.peer));
+    }
+    assert!(
+        records[&attacker_bind.parse::<SocketAddr>().unwrap()].is_none(),
+        "attacker got a record"
+    );
+    assert!(
+        records[&plain_local].is_none(),
+        "direct connect got a record"
+    );
+    let victim_record = records[&victim_local]
+        .as_ref()
+        .expect("victim keeps its record");
+    assert_eq!(victim_record.tgid, victim.pid);
+    for client in [victim, attacker, plain] {
+        client.finish();
+    }
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_10000_sequential_connects_leave_the_publish_map_empty() {
+    if !root_ready("root_10000_sequential_connects_leave_the_publish_map_empty") {
+        return;
+    }
+    const CONNECTS: u32 = 10_000;
+    let cgroup = TestCgroup::new("sequential");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let client = Spawn {
+        role: "loop",
+        env: vec![
+            ("GPA_TEST_TARGET", endpoint.addr.to_string()),
+            ("GPA_TEST_COUNT", CONNECTS.to_string()),
+        ],
+        cgroup: Some(&cgroup),
+        ..Spawn::default()
+    }
+    .run();
+    // Take every other record; leave the rest to be released when their sockets close.
+    let mut taken = 0;
+    for i in 0..CONNECTS {
+        let accepted = proxy.accept();
+        if i % 2 == 0 {
+            taken += u32::from(redirector.take(accepted.peer).is_some());
+        }
+        drop(accepted.stream);
+    }
+    let report = client.report();
+    assert_eq!(
+        (report["ok"].as_str(), report["failed"].as_str()),
+        (CONNECTS.to_string().as_str(), "0")
+    );
+    assert_eq!(taken, CONNECTS / 2);
+    eventually("the publish map to drain", || {
+        redirector.pending_records().unwrap() == 0
+    });
+    let counters = redirector.counters().unwrap();
+    assert_eq!(counters.published, u64::from(CONNECTS));
+    assert_eq!(counters.released, u64::from(CONNECTS / 2), "{counters:?}");
+    assert_eq!(counters.publish_full, 0);
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_069_root_the_agents_own_connects_are_not_redirected() {
+    if !root_ready("conf_069_root_the_agents_own_connects_are_not_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("agent");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    // The agent runs inside the intercepted cgroup and connects to an endpoint it intercepts.
+    let agent = Spawn {
+        role: "agent",
+        env: vec![
+            ("GPA_TEST_CGROUP", cgroup.path.display().to_string()),
+            ("GPA_TEST_LISTENER", proxy.addr.to_string()),
+            ("GPA_TEST_ENDPOINT", endpoint.addr.to_string()),
+            ("GPA_TEST_MODE", "open".to_owned()),
+        ],
+        cgroup: Some(&cgroup),
+        ..Spawn::default()
+    }
+    .run();
+    let report = agent.report();
+    assert_eq!(
+        report.get("reply").map(String::as_str),
+        Some("direct"),
+        "{report:?}"
+    );
+    assert_eq!(
+        (
+            report["pending"].as_str(),
+            report["skipped"].as_str(),
+            report["redirected"].as_str()
+        ),
+        ("0", "1", "0")
+    );
+    // Another process in the same cgroup is redirected meanwhile.
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    assert_eq!(client.report()["local"], proxy.accept().peer.to_string());
+    client.finish();
+    agent.finish();
+}
+
+#[test]
+fn conf_068_root_disabled_endpoints_are_not_redirected() {
+    if !root_ready("conf_068_root_disabled_endpoints_are_not_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("disabled");
+    let enforced = Endpoint::start("127.0.0.16");
+    let disabled = Endpoint::start("127.0.0.17");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[enforced.addr]);
+    assert_eq!(redirector.policy().unwrap(), vec![enforced.addr]);
+
+    let client = connect_client(Some(&cgroup), disabled.addr, &[("GPA_TEST_READ", "1")]).run();
+    assert_eq!(
+        client.report().get("reply").map(String::as_str),
+        Some("direct")
+    );
+    client.finish();
+    // Disabling the last endpoint empties the policy: its connects go direct too.
+    redirector.set_policy(&[]).unwrap();
+    assert!(redirector.policy().unwrap().is_empty());
+    let client = connect_client(Some(&cgroup), enforced.addr, &[("GPA_TEST_READ", "1")]).run();
+    assert_eq!(
+        client.report().get("reply").map(String::as_str),
+        Some("direct")
+    );
+    client.finish();
+    assert_eq!(redirector.counters().unwrap().redirected, 0);
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_067_root_a_process_in_a_new_cgroup_namespace_is_still_redirected() {
+    if !root_ready("conf_067_root_a_process_in_a_new_cgroup_namespace_is_still_redirected") {
+        return;
+    }
+    let cgroup = TestCgroup::new("cgroupns");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let mut spawn = connect_client(Some(&cgroup), endpoint.addr, &[]);
+    spawn.wrapper = vec!["unshare", "--cgroup"];
+    let client = spawn.run();
+    let report = client.report();
+    let own_ns = std::fs::read_link("/proc/self/ns/cgroup")
+        .unwrap()
+        .display()
+        .to_string();
+    assert_ne!(
+        report.get("cgroupns"),
+        Some(&own_ns),
+        "client must be in a new cgroup namespace: {report:?}"
+    );
+    let accepted = proxy.accept();
+    assert_eq!(report["local"], accepted.peer.to_string());
+    assert_eq!(
+        redirector.take(accepted.peer).expect("record").tgid,
+        client.pid
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_policy_is_exactly_what_was_set_and_bad_endpoints_are_refused() {
+    if !root_ready("root_policy_is_exactly_what_was_set_and_bad_endpoints_are_refused") {
+        return;
+    }
+    let cgroup = TestCgroup::new("policy");
+    let proxy = Proxy::bind();
+    let a: SocketAddr = "127.0.0.16:8080".parse().unwrap();
+    let b: SocketAddr = "127.0.0.254:8080".parse().unwrap();
+    let v6: SocketAddr = "[::1]:8080".parse().unwrap();
+    let redirector = start_redirector(&cgroup, &proxy, &[a, b, v6]);
+    let mut policy = redirector.policy().unwrap();
+    policy.sort();
+    assert_eq!(policy, vec![a, b, v6]);
+    redirector.set_policy(&[b]).unwrap();
+    assert_eq!(redirector.policy().unwrap(), vec![b]);
+    // The listener itself, port 0 and too many endpoints are errors, and leave the policy alone.
+    assert!(matches!(
+        redirector.set_policy(&[proxy.addr]),
+        Err(RedirectError::BadEndpoint { .. })
+    ));
+    assert!(matches!(
+        redirector.set_policy(&["127.0.0.16:0".parse().unwrap()]),
+        Err(RedirectError::BadEndpoint { .. })
+    ));
+    let many: Vec<SocketAddr> = (1..=17)
+        .map(|p| format!("127.0.0.16:{p}").parse().unwrap())
+        .collect();
+    assert!(matches!(
+        redirector.set_policy(&many),
+        Err(RedirectError::TooManyEndpoints { count: 17, max: 16 })
+    ));
+    assert_eq!(redirector.policy().unwrap(), vec![b]);
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed() {
+    if !root_ready(
+        "conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed",
+    ) {
+        return;
+    }
+    const CAPACITY: u32 = 8;
+    const CLIENTS: usize = 12;
+    let cgroup = TestCgroup::new("overflow");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = Redirector::start_with_capacity(
+        cgroup.config(proxy.addr, RedirectFailMode::Open),
+        CAPACITY,
+    )
+    .unwrap();
+    redirector.set_policy(&[endpoint.addr]).unwrap();
+
+    let clients: Vec<ChildProc> = (0..CLIENTS)
+        .map(|_| connect_client(Some(&cgroup), endpoint.addr, &[]).run())
+        .collect();
+    let mut who: HashMap<SocketAddr, u32> = HashMap::new();
+    for client in &clients {
+        who.insert(client.report()["local"].parse().unwrap(), client.pid);
+    }
+    let (mut recorded, mut unrecorded) = (0, 0);
+    for _ in 0..CLIENTS {
+        let accepted = proxy.accept();
+        match redirector.take(accepted.peer) {
+            // A record is always the caller's own: nothing was evicted or overwritten.
+            Some(record) => {
+                assert_eq!(Some(&record.tgid), who.get(&accepted.peer));
+                recorded += 1;
+            }
+            None => unrecorded += 1, // the proxy answers 421
+        }
+    }
+    assert_eq!(
+        (recorded, unrecorded),
+        (CAPACITY as usize, CLIENTS - CAPACITY as usize)
+    );
+    let counters = redirector.counters().unwrap();
+    assert_eq!(
+        (counters.published, counters.publish_full),
+        (u64::from(CAPACITY), (CLIENTS as u64) - u64::from(CAPACITY))
+    );
+    for client in clients {
+        client.finish();
+    }
+    // Taken records made room: the next caller is recorded again.
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    client.report();
+    let accepted = proxy.accept();
+    assert_eq!(
+        redirector.take(accepted.peer).map(|r| r.tgid),
+        Some(client.pid)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_a_native_ipv6_endpoint_is_redirected_to_the_ipv6_loopback_listener() {
+    if !root_ready("root_a_native_ipv6_endpoint_is_redirected_to_the_ipv6_loopback_listener") {
+        return;
+    }
+    let cgroup = TestCgroup::new("ipv6");
+    let endpoint = Endpoint::start("::1");
+    // Native IPv6 endpoints go to [::1] at the listener's port (spec §7.1): a port free on both loopbacks.
+    let (proxy, proxy_v6) = (0..20)
+        .find_map(|_| {
+            let proxy = Proxy::bind();
+            let v6 = std::net::TcpListener::bind(("::1", proxy.addr.port())).ok()?;
+            Some((proxy, v6))
+        })
+        .expect("a port free on 127.0.0.1 and [::1]");
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("peer"),
+        Some(&endpoint.addr.to_string()),
+        "{report:?}"
+    );
+    let (_stream, peer) = proxy_v6.accept().unwrap();
+    assert_eq!(peer.to_string(), report["local"]);
+    let record = redirector.take(peer).expect("record");
+    assert_eq!(
+        (record.tgid, record.original_dst, record.client),
+        (client.pid, endpoint.addr, peer)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_a_tcp_fast_open_connect_is_redirected_and_recorded() {
+    if !root_ready("root_a_tcp_fast_open_connect_is_redirected_and_recorded") {
+        return;
+    }
+    let cgroup = TestCgroup::new("fastopen");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    // spec §7.1: Fast Open connects are intercepted too (the SYN leaves with the first write).
+    let client = connect_client(Some(&cgroup), endpoint.addr, &[("GPA_TEST_FASTOPEN", "1")]).run();
+    let report = client.report();
+    assert_eq!(
+        report.get("peer"),
+        Some(&endpoint.addr.to_string()),
+        "{report:?}"
+    );
+    let mut accepted = proxy.accept();
+    assert_eq!(read_line(&mut accepted.stream), "fast open");
+    let record = redirector.take(accepted.peer).expect("record");
+    assert_eq!(
+        (record.tgid, record.original_dst),
+        (client.pid, endpoint.addr)
+    );
+    client.finish();
+    redirector.stop().unwrap();
+}

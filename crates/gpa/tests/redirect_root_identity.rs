@@ -1,0 +1,281 @@
+//! Root tests of caller identity (spec §6, conformance items 63–65, catalog C2–C4): claims come from the kernel's
+//! record at `connect()`, and a process that is gone, replaced or re-executed is stale, never someone else.
+#![cfg(target_os = "linux")]
+
+mod redirect_support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gpa::identity::{IdentityError, IdentityResolver, StaleReason};
+use gpa::redirect::{ConnRecord, Redirector};
+use msp_core::Reason;
+use redirect_support::*;
+
+/// Entry point of the re-executed client processes (`redirect_support::child`); a no-op in a normal run.
+#[test]
+#[ignore = "child-process entry point, run by the harness"]
+fn child_role_entry() {
+    child::child_main();
+}
+
+/// One intercepted endpoint, a proxy stand-in and a redirector on a fresh cgroup.
+struct Setup {
+    cgroup: TestCgroup,
+    endpoint: Endpoint,
+    proxy: Proxy,
+    redirector: Redirector,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let cgroup = TestCgroup::new(tag);
+        let endpoint = Endpoint::start("127.0.0.16");
+        let proxy = Proxy::bind();
+        let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+        Setup {
+            cgroup,
+            endpoint,
+            proxy,
+            redirector,
+        }
+    }
+
+    fn client(&self, after: &str) -> Spawn<'_> {
+        Spawn {
+            role: "connect",
+            env: vec![
+                ("GPA_TEST_TARGET", self.endpoint.addr.to_string()),
+                ("GPA_TEST_AFTER", after.to_owned()),
+            ],
+            cgroup: Some(&self.cgroup),
+            ..Spawn::default()
+        }
+    }
+
+    /// Accepts the next connection and takes its record. The caller keeps the accepted stream open for as long
+    /// as the client's socket must stay alive.
+    fn take(&self) -> (ConnRecord, SocketAddr, TcpStream) {
+        let accepted = self.proxy.accept();
+        let record = self.redirector.take(accepted.peer).expect("record");
+        (record, accepted.peer, accepted.stream)
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    );
+}
+
+fn stale_reason(result: Result<msp_core::Claims, IdentityError>) -> StaleReason {
+    match result {
+        Err(e @ IdentityError::Stale { reason, .. }) => {
+            assert_eq!(e.reason(), Reason::IdentityStale);
+            reason
+        }
+        other => panic!("expected a stale identity, got {other:?}"),
+    }
+}
+
+#[test]
+fn conf_065_root_claims_of_a_live_caller_come_from_the_record_and_proc() {
+    if !root_ready("conf_065_root_claims_of_a_live_caller_come_from_the_record_and_proc") {
+        return;
+    }
+    let setup = Setup::new("claims");
+    let mut spawn = setup.client("hold");
+    // The command line carries a secret in its first four words.
+    spawn.args = vec!["--skip", "token=s3cr3t-value"];
+    let client = spawn.run();
+    let report = client.report();
+    let (record, peer, _server) = setup.take();
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("live caller");
+
+    let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
+    assert_eq!(claims.process_id, client.pid);
+    assert_eq!(claims.process_full_path, exe.display().to_string());
+    assert_eq!(
+        claims.process_name,
+        exe.file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        claims.process_cmd_line,
+        format!("{} --skip token=*** --exact", exe.display())
+    );
+    assert_eq!(
+        (
+            claims.user_id,
+            claims.user_name.as_str(),
+            claims.run_as_elevated
+        ),
+        (0, "root", true)
+    );
+    assert!(
+        claims.user_groups.iter().any(|g| g == "root"),
+        "{:?}",
+        claims.user_groups
+    );
+    assert_eq!(
+        format!("{}:{}", claims.client_ip, claims.client_port),
+        report["local"]
+    );
+    client.finish();
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
+fn root_a_non_root_caller_gets_its_names_from_nss_and_is_not_elevated() {
+    if !root_ready("root_a_non_root_caller_gets_its_names_from_nss_and_is_not_elevated") {
+        return;
+    }
+    let setup = Setup::new("nobody");
+    let mut spawn = setup.client("hold");
+    spawn.uid = Some(65_534);
+    let client = spawn.run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("live caller");
+    let expected_name = nix::unistd::User::from_uid(65_534.into())
+        .unwrap()
+        .map_or("undefined".to_owned(), |u| u.name);
+    assert_eq!(
+        (claims.user_id, claims.user_name, claims.run_as_elevated),
+        (65_534, expected_name, false)
+    );
+    client.finish();
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_063_root_a_uid_change_after_connect_keeps_the_connect_time_identity() {
+    if !root_ready("conf_063_root_a_uid_change_after_connect_keeps_the_connect_time_identity") {
+        return;
+    }
+    let setup = Setup::new("setuid");
+    let client = setup.client("setuid:4242").run();
+    let report = client.report();
+    assert_eq!(
+        report.get("uid_now").map(String::as_str),
+        Some("4242"),
+        "{report:?}"
+    );
+    let (record, peer, _server) = setup.take();
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("same process, new uid");
+    assert_eq!(
+        (
+            claims.user_id,
+            claims.user_name.as_str(),
+            claims.run_as_elevated
+        ),
+        (0, "root", true)
+    );
+    client.finish();
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_064_root_a_caller_that_exited_is_stale() {
+    if !root_ready("conf_064_root_a_caller_that_exited_is_stale") {
+        return;
+    }
+    let setup = Setup::new("exited");
+    // The client hands its socket to a `sleep` and exits: the connection lives on, its caller does not.
+    let client = setup.client("holder").run();
+    let holder: u32 = client.report()["holder"].parse().unwrap();
+    client.finish();
+    let (record, peer, _server) = setup.take();
+    let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
+    kill(holder);
+    // Exited, unless a new task got the number meanwhile (threads of this very test binary can), which is a
+    // reuse and just as stale.
+    assert!(
+        matches!(reason, StaleReason::Exited | StaleReason::PidReused { .. }),
+        "{reason:?}"
+    );
+    setup.redirector.stop().unwrap();
+}
+
+/// Makes the kernel give `pid` to a new `sleep`: waits while any task (a thread counts: `/proc/<tid>` resolves
+/// too) holds the number, then spawns with `ns_last_pid` set just below it until the `sleep` gets it.
+fn reuse_pid(pid: u32) -> std::process::Child {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel did not hand out pid {pid} again"
+        );
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        if child.id() == pid {
+            return child;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn conf_064_root_a_reused_pid_is_stale_and_never_attributed_to_the_new_process() {
+    if !root_ready("conf_064_root_a_reused_pid_is_stale_and_never_attributed_to_the_new_process") {
+        return;
+    }
+    let setup = Setup::new("reused");
+    let client = setup.client("holder").run();
+    let report = client.report();
+    let (pid, holder): (u32, u32) = (
+        report["pid"].parse().unwrap(),
+        report["holder"].parse().unwrap(),
+    );
+    client.finish();
+    let (record, peer, _server) = setup.take();
+    assert_eq!(record.tgid, pid);
+    // A new process now carries the caller's pid.
+    let mut impostor = reuse_pid(pid);
+    let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    kill(holder);
+    assert!(
+        matches!(reason, StaleReason::PidReused { .. }),
+        "{reason:?}"
+    );
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
+fn c3_root_a_caller_that_executes_another_program_after_connect_is_stale() {
+    if !root_ready("c3_root_a_caller_that_executes_another_program_after_connect_is_stale") {
+        return;
+    }
+    let setup = Setup::new("exec");
+    // Same pid, same start time, another executable (`sleep`) holding the socket.
+    let client = setup.client("exec").run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    eventually("the client to exec sleep", || {
+        exe_of(client.pid).ends_with("sleep")
+    });
+    let reason = stale_reason(IdentityResolver::new().claims(&record, peer));
+    assert_eq!(reason, StaleReason::ExecutableChanged);
+    drop(client); // now a `sleep`: killed, not released
+    setup.redirector.stop().unwrap();
+}
