@@ -117,7 +117,9 @@ fn kernel_parts() -> Parts {
     let for_proxy = started.clone();
     Parts {
         start_redirector: Box::new(move |config| {
-            let redirector = Arc::new(Redirector::start(RedirectConfig::from_agent_config(config))?);
+            let redirector = Arc::new(Redirector::start(RedirectConfig::from_agent_config(
+                config,
+            ))?);
             // Only a successful start sets it, and the lifecycle starts at most one.
             let _ = started.set(redirector.clone());
             Ok(redirector as Arc<dyn RedirectorHandle>)
@@ -468,7 +470,10 @@ async fn bind_v6_listener(
 
 /// The bind retry rule of spec §1.2: up to 5 sleeps of 1 s after "address in use", then a final attempt; any
 /// other error fails at once.
-async fn bind_with_retry(addr: SocketAddr, cancel: &CancellationToken) -> std::io::Result<TcpListener> {
+async fn bind_with_retry(
+    addr: SocketAddr,
+    cancel: &CancellationToken,
+) -> std::io::Result<TcpListener> {
     let mut retries = 0;
     loop {
         match TcpListener::bind(addr).await {

@@ -25,9 +25,14 @@ pub enum ChunkError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Size { digits: u8, value: u64 },
+    Size {
+        digits: u8,
+        value: u64,
+    },
     /// After the size: `BWS` until `;`, then the extension until CR.
-    Ext { semicolon: bool },
+    Ext {
+        semicolon: bool,
+    },
     SizeLf,
     Data(u64),
     DataCr,
@@ -260,10 +265,18 @@ mod tests {
             (b"0\r\nX: 1\n\r\n", ChunkError::LineEnding),
         ];
         for (wire, want) in bad {
-            assert_eq!(decode_all(wire, 64).unwrap_err(), want, "{:?}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                decode_all(wire, 64).unwrap_err(),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
         let long_ext = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE], b"\r\n"].concat();
-        assert_eq!(decode_all(&long_ext, 4096).unwrap_err(), ChunkError::Extension);
+        assert_eq!(
+            decode_all(&long_ext, 4096).unwrap_err(),
+            ChunkError::Extension
+        );
     }
 
     #[test]

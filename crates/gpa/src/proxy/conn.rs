@@ -48,6 +48,8 @@ pub(super) struct Conn {
     /// The bytes going to the client.
     pub(super) out: Vec<u8>,
     pub(super) upstream: Option<Upstream>,
+    /// A write to the client failed: nobody is reading any more.
+    client_gone: bool,
     cancel: CancellationToken,
 }
 
@@ -99,12 +101,18 @@ pub(super) async fn serve(
         send: Vec::new(),
         out: Vec::new(),
         upstream: None,
+        client_gone: false,
         cancel,
     };
     conn.run(accepted_at).instrument(span).await;
 }
 
-fn caller(attribution: Attribution, peer: SocketAddr, local: SocketAddr, shared: &Shared) -> Caller {
+fn caller(
+    attribution: Attribution,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: &Shared,
+) -> Caller {
     let empty = || Claims::empty(peer.ip().to_string(), peer.port());
     match attribution {
         Attribution::Direct => Caller {
@@ -154,7 +162,7 @@ impl Conn {
                 return self.refuse_unparsed(e.reason()).await;
             }
             if !self.request().await || self.cancel.is_cancelled() {
-                return;
+                return self.close().await;
             }
             self.trim_buffers();
         }
@@ -214,7 +222,13 @@ impl Conn {
             }
             Verdict::Local(local) => {
                 let (status, reason) = self.serve_local(local).await;
-                (status, reason, SummaryKind::Connection, String::new(), false)
+                (
+                    status,
+                    reason,
+                    SummaryKind::Connection,
+                    String::new(),
+                    false,
+                )
             }
             Verdict::Forward(fwd) => {
                 let outcome = self.forward(&fwd).await;
@@ -229,8 +243,17 @@ impl Conn {
                 // An audit denial is recorded as the refusal enforce would have given (spec §4.5, conf 41).
                 match fwd.audit {
                     Some(would) => {
-                        let detail = format!("audit: forwarded, upstream answered {status}; {}", fwd.detail);
-                        (would.status(), Some(would), SummaryKind::FailedAuth, detail, keep)
+                        let detail = format!(
+                            "audit: forwarded, upstream answered {status}; {}",
+                            fwd.detail
+                        );
+                        (
+                            would.status(),
+                            Some(would),
+                            SummaryKind::FailedAuth,
+                            detail,
+                            keep,
+                        )
                     }
                     None => (status, reason, SummaryKind::Connection, fwd.detail, keep),
                 }
@@ -296,25 +319,32 @@ impl Conn {
         )
     }
 
-    /// Writes the refusal for `reason`; the caller then closes (spec §8.5).
+    /// Writes the refusal for `reason`; the connection closes after the request is recorded (spec §8.5).
     async fn answer_refusal(&mut self, reason: Reason) {
         response::refusal(reason, &mut self.out);
-        self.write_out_and_close().await;
+        self.write_out().await;
     }
 
     /// A refusal before step 1 (unparseable head, timeouts): answered, not counted.
     async fn refuse_unparsed(mut self, reason: Reason) {
         tracing::debug!(target: CONNECTION_TARGET, reason = reason.code(), "request head refused");
         self.answer_refusal(reason).await;
+        self.close().await;
     }
 
-    /// Writes `out`, then closes gracefully: FIN first, then a bounded drain of what the client still sends, so
-    /// it reads the answer instead of a reset.
-    pub(super) async fn write_out_and_close(&mut self) {
+    /// Writes `out` to the client (bounded by the idle timeout); a failure leaves nothing to answer.
+    pub(super) async fn write_out(&mut self) {
         self.upstream = None;
         let written = timeout(self.shared.timeouts.idle, self.client.write_all(&self.out)).await;
         self.out.clear();
-        if !matches!(written, Ok(Ok(()))) {
+        self.client_gone |= !matches!(written, Ok(Ok(())));
+    }
+
+    /// Closes gracefully: FIN first, then a bounded drain of what the client still sends, so it reads the
+    /// answer instead of a reset.
+    async fn close(mut self) {
+        self.upstream = None;
+        if self.client_gone {
             return;
         }
         let _ = self.client.shutdown().await;

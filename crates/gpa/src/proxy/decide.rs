@@ -174,20 +174,20 @@ pub fn decide(
         || caller
             .original_dst
             .is_some_and(|d| unmap(d) == unmap(snapshot.listen));
-    let (audit, detail) = match rules::authorize(&request, dest_is_listener, claims, &snapshot.items)
-    {
-        Decision::Allow { .. } => (None, String::new()),
-        Decision::Deny { reason, privilege } => {
-            return Verdict::Refuse {
-                reason,
-                kind: SummaryKind::FailedAuth,
-                detail: denial_detail(reason, privilege.as_deref()),
-            };
-        }
-        Decision::AuditDeny { reason, privilege } => {
-            (Some(reason), denial_detail(reason, privilege.as_deref()))
-        }
-    };
+    let (audit, detail) =
+        match rules::authorize(&request, dest_is_listener, claims, &snapshot.items) {
+            Decision::Allow { .. } => (None, String::new()),
+            Decision::Deny { reason, privilege } => {
+                return Verdict::Refuse {
+                    reason,
+                    kind: SummaryKind::FailedAuth,
+                    detail: denial_detail(reason, privilege.as_deref()),
+                };
+            }
+            Decision::AuditDeny { reason, privilege } => {
+                (Some(reason), denial_detail(reason, privilege.as_deref()))
+            }
+        };
     Verdict::Forward(Forward {
         snapshot,
         exempt,

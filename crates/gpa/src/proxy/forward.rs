@@ -233,7 +233,8 @@ impl Conn {
             let n = usize::try_from(remaining)
                 .unwrap_or(usize::MAX)
                 .min(self.rbuf.len());
-            self.send.extend_from_slice(self.rbuf.get(..n).unwrap_or_default());
+            self.send
+                .extend_from_slice(self.rbuf.get(..n).unwrap_or_default());
             bytes::Buf::advance(&mut self.rbuf, n);
             remaining -= n as u64;
             self.send_upstream().await.map_err(Outcome::Refused)?;
@@ -284,7 +285,9 @@ impl Conn {
                 // Step 4 already refused a declared length over the limit.
                 let n = usize::try_from(n).map_err(|_| BodyError::TooLarge)?;
                 if self.rbuf.len() < n {
-                    self.continue_if_expected().await.map_err(|_| BodyError::Gone)?;
+                    self.continue_if_expected()
+                        .await
+                        .map_err(|_| BodyError::Gone)?;
                     self.rbuf.reserve(n - self.rbuf.len());
                 }
                 while self.rbuf.len() < n {
@@ -300,7 +303,9 @@ impl Conn {
                 let mut asked = false;
                 loop {
                     while !self.rbuf.is_empty() {
-                        let p = decoder.decode(&self.rbuf).map_err(|_| BodyError::Malformed)?;
+                        let p = decoder
+                            .decode(&self.rbuf)
+                            .map_err(|_| BodyError::Malformed)?;
                         let data = self.rbuf.get(p.data.clone()).unwrap_or_default();
                         if (self.body.len() + data.len()) as u64 > limit {
                             return Err(BodyError::TooLarge);
@@ -316,7 +321,9 @@ impl Conn {
                     }
                     if !asked {
                         asked = true;
-                        self.continue_if_expected().await.map_err(|_| BodyError::Gone)?;
+                        self.continue_if_expected()
+                            .await
+                            .map_err(|_| BodyError::Gone)?;
                     }
                     if !self.fill().await {
                         return Err(BodyError::Gone);

@@ -232,7 +232,9 @@ pub fn check_partial(buf: &[u8]) -> Result<(), HeadError> {
         }
         Some(sp) => {
             let method = line.get(..sp).unwrap_or_default();
-            if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b))
+            if method.is_empty()
+                || method.len() > MAX_METHOD
+                || !method.iter().all(|&b| is_tchar(b))
             {
                 return Err(HeadError::Method);
             }
@@ -357,7 +359,7 @@ fn parse_request_line(
         b"HTTP/1.0" => Version::Http10,
         _ => return Err(HeadError::Version),
     };
-    target_form(target)?;
+    target_form(method, target)?;
     let target_start = line.start + sp1 + 1;
     let kept = target
         .iter()
@@ -368,8 +370,10 @@ fn parse_request_line(
     Ok(())
 }
 
-/// Origin-form (`/…`) and absolute-form (`scheme://…`) only (spec §8.1).
-fn target_form(target: &[u8]) -> Result<(), HeadError> {
+/// Origin-form (`/…`) and absolute-form (`scheme://…`) only (spec §8.1). Authority-form is CONNECT's own
+/// form (RFC 9112 §3.2.3), so `CONNECT host:443` is a well-formed request that step 2 refuses with 405
+/// (conf 74, catalog A4); with any other method it is malformed.
+fn target_form(method: &[u8], target: &[u8]) -> Result<(), HeadError> {
     if target.first() == Some(&b'/') {
         return Ok(());
     }
@@ -382,7 +386,13 @@ fn target_form(target: &[u8]) -> Result<(), HeadError> {
         .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
         .unwrap_or(target.len());
     let starts_alpha = target.first().is_some_and(u8::is_ascii_alphabetic);
-    if starts_alpha && target.get(scheme_len..).is_some_and(|r| r.starts_with(b"://")) {
+    if starts_alpha
+        && target
+            .get(scheme_len..)
+            .is_some_and(|r| r.starts_with(b"://"))
+    {
+        Ok(())
+    } else if method == b"CONNECT" {
         Ok(())
     } else {
         Err(HeadError::AuthorityForm)
@@ -452,14 +462,16 @@ fn check_fields(head: &[u8], out: &mut RequestHead) -> Result<(), HeadError> {
                     out.close = true;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                     // keep-alive is hop-by-hop already; any other name becomes hop-by-hop here.
-                    out.protected_connection |= PROTECTED.iter().any(|p| token.eq_ignore_ascii_case(p))
-                        || starts_with_ignore_case(token, HOST_HEADER_PREFIX.as_bytes());
+                    out.protected_connection |=
+                        PROTECTED.iter().any(|p| token.eq_ignore_ascii_case(p))
+                            || starts_with_ignore_case(token, HOST_HEADER_PREFIX.as_bytes());
                     out.connection_names.push(item);
                 }
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             out.upgrade = true;
-        } else if name.eq_ignore_ascii_case(b"expect") && value.eq_ignore_ascii_case(b"100-continue")
+        } else if name.eq_ignore_ascii_case(b"expect")
+            && value.eq_ignore_ascii_case(b"100-continue")
         {
             out.expect_continue = true;
         }
@@ -509,8 +521,14 @@ fn list_items(head: &[u8], value: Span) -> impl Iterator<Item = Span> + '_ {
     value.of(head).split(|&b| b == b',').map(move |piece| {
         let piece_start = base + start;
         start += piece.len() + 1;
-        let lead = piece.iter().position(|&b| !is_ows(b)).unwrap_or(piece.len());
-        let trail = piece.iter().rposition(|&b| !is_ows(b)).map_or(lead, |i| i + 1);
+        let lead = piece
+            .iter()
+            .position(|&b| !is_ows(b))
+            .unwrap_or(piece.len());
+        let trail = piece
+            .iter()
+            .rposition(|&b| !is_ows(b))
+            .map_or(lead, |i| i + 1);
         Span::new(piece_start + lead..piece_start + trail)
     })
 }

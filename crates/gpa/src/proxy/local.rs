@@ -35,7 +35,7 @@ impl Conn {
         };
         if let Some(reason) = refusal {
             response::refusal(reason, &mut self.out);
-            self.write_out_and_close().await;
+            self.write_out().await;
             return (reason.status(), Some(reason));
         }
         let body = match local {
@@ -53,12 +53,12 @@ impl Conn {
         match body {
             Ok(body) => {
                 response::json_ok(&body, head_only, &mut self.out);
-                self.write_out_and_close().await;
+                self.write_out().await;
                 (200, None)
             }
             Err(_) => {
                 response::refusal(Reason::Internal, &mut self.out);
-                self.write_out_and_close().await;
+                self.write_out().await;
                 (500, Some(Reason::Internal))
             }
         }

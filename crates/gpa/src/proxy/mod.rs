@@ -124,7 +124,9 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         next_id: AtomicU64::new(0),
     });
     let permits = Arc::new(Semaphore::new(
-        usize::try_from(cap).unwrap_or(Semaphore::MAX_PERMITS).min(Semaphore::MAX_PERMITS),
+        usize::try_from(cap)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS),
     ));
     let overload = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
     let tracker = TaskTracker::new();

@@ -234,7 +234,11 @@ async fn relay_body(
     }
 }
 
-async fn write_client(client: &mut TcpStream, out: &mut Vec<u8>, limit: Duration) -> Result<(), ()> {
+async fn write_client(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), ()> {
     let result = timeout(limit, client.write_all(out)).await;
     out.clear();
     match result {
@@ -311,7 +315,8 @@ fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep
                 }
             }
         } else if name.eq_ignore_ascii_case(b"x-msp-reason") {
-            key_unknown = status == 401 && trim_ows(f.value) == Reason::KeyUnknown.code().as_bytes();
+            key_unknown =
+                status == 401 && trim_ows(f.value) == Reason::KeyUnknown.code().as_bytes();
         }
     }
     let body = if head_request || status == 204 || status == 304 {
@@ -332,7 +337,11 @@ fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep
     let client_open = client_keep && body != Body::UntilClose;
 
     out.clear();
-    out.extend_from_slice(if minor == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
@@ -344,7 +353,10 @@ fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep
         let dropped = name.eq_ignore_ascii_case(msp_core::sign::AUTHORIZATION_HEADER.as_bytes())
             || name.eq_ignore_ascii_case(b"connection")
             || name.eq_ignore_ascii_case(b"keep-alive")
-            || (!framing && connection_names.iter().any(|n| n.eq_ignore_ascii_case(name)));
+            || (!framing
+                && connection_names
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name)));
         if dropped {
             continue;
         }
@@ -398,21 +410,40 @@ mod tests {
         let (head, r) = rewrite(b"HTTP/1.1 200 OK\r\n\r\n", true);
         assert_eq!(r.body, Body::UntilClose);
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
-        let (_, r) = rewrite(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true);
+        let (_, r) = rewrite(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+        );
         assert_eq!(r.body, Body::Chunked);
-        let (_, r) = rewrite(b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", true);
+        let (_, r) = rewrite(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+            true,
+        );
         assert_eq!(r.body, Body::None);
         let (_, r) = rewrite(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", true);
         assert!(!r.keep, "HTTP/1.0 closes unless it says keep-alive");
-        let (_, r) = rewrite(b"HTTP/1.1 401 Unauthorized\r\nx-msp-reason: KEY_UNKNOWN\r\nContent-Length: 0\r\n\r\n", true);
+        let (_, r) = rewrite(
+            b"HTTP/1.1 401 Unauthorized\r\nx-msp-reason: KEY_UNKNOWN\r\nContent-Length: 0\r\n\r\n",
+            true,
+        );
         assert!(r.key_unknown);
         let mut out = Vec::new();
         assert!(matches!(
-            parse_response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false, &mut out, true),
+            parse_response(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                false,
+                &mut out,
+                true
+            ),
             Parsed::Invalid
         ));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, &mut out, true),
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                &mut out,
+                true
+            ),
             Parsed::Invalid
         ));
     }

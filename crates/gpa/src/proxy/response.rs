@@ -85,7 +85,10 @@ mod tests {
              \r\n\
              Method Not Allowed"
         );
-        assert!(text(Reason::CanonScheme).ends_with("x-msp-reason: CANON_SCHEME\r\n\r\nMethod Not Allowed"));
+        assert!(
+            text(Reason::CanonScheme)
+                .ends_with("x-msp-reason: CANON_SCHEME\r\n\r\nMethod Not Allowed")
+        );
     }
 
     #[test]
@@ -95,11 +98,20 @@ mod tests {
             "HTTP/1.1 421 Misdirected Request\r\nContent-Length: 0\r\nConnection: close\r\n\
              x-msp-reason: NO_ATTRIBUTION\r\n\r\n"
         );
-        for &r in Reason::ALL.iter().filter(|r| r.status() >= 400 && r.status() < 600) {
+        for &r in Reason::ALL
+            .iter()
+            .filter(|r| r.status() >= 400 && r.status() < 600)
+        {
             let t = text(r);
             assert!(t.contains("\r\nConnection: close\r\n"), "{t}");
-            assert!(t.contains(&format!("\r\nx-msp-reason: {}\r\n", r.code())), "{t}");
-            assert!(!t.to_ascii_lowercase().contains("x-ms-azure-host-authorization"));
+            assert!(
+                t.contains(&format!("\r\nx-msp-reason: {}\r\n", r.code())),
+                "{t}"
+            );
+            assert!(
+                !t.to_ascii_lowercase()
+                    .contains("x-ms-azure-host-authorization")
+            );
         }
     }
 

@@ -19,10 +19,16 @@ pub fn raise_nofile_limit(cap: u64) -> u64 {
             }
         },
         Ok((soft, hard)) => {
-            let limit = if set_soft(hard, hard).is_ok() { hard } else { soft };
+            let limit = if set_soft(hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            };
             let fitted = fit(limit).min(cap);
             tracing::warn!(
-                hard, wanted = want, cap = fitted,
+                hard,
+                wanted = want,
+                cap = fitted,
                 "RLIMIT_NOFILE hard limit below 2 × maxConcurrentConnections + 256; connection cap lowered"
             );
             fitted

@@ -98,11 +98,23 @@ fn a3_a4_request_lines_that_are_not_http_1_are_bad_requests() {
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", HeadError::Version),
         (b"GET / HTTP/9.9\r\nHost: a\r\n\r\n", HeadError::Version),
         (b"GET / http/1.1\r\nHost: a\r\n\r\n", HeadError::Version),
-        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", HeadError::AsteriskForm),
-        (b"CONNECT host:443 HTTP/1.1\r\nHost: a\r\n\r\n", HeadError::AuthorityForm),
-        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", HeadError::RequestLine),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            HeadError::AsteriskForm,
+        ),
+        (
+            b"GET host:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            HeadError::AuthorityForm,
+        ),
+        (
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            HeadError::RequestLine,
+        ),
         (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", HeadError::Method),
-        (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", HeadError::Target),
+        (
+            b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            HeadError::Target,
+        ),
         (b"GET / HTTP/1.1\r\n\r\n", HeadError::Host),
     ];
     for (raw, want) in cases {
@@ -111,16 +123,29 @@ fn a3_a4_request_lines_that_are_not_http_1_are_bad_requests() {
     // Lowercase methods and unknown tokens parse: the 405 is spec §8.2 step 2's.
     assert_eq!(ok(b"get / HTTP/1.1\r\nHost: a\r\n\r\n").method.len(), 3);
     assert_eq!(ok(b"TRACE / HTTP/1.0\r\n\r\n").version, Version::Http10);
+    // CONNECT's own authority-form parses, so step 2 answers it with 405 (conf 74).
+    assert_eq!(
+        ok(b"CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n")
+            .target
+            .len(),
+        8
+    );
     let h = ok(b"GET http://169.254.169.254/x HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(h.target.len(), "http://169.254.169.254/x".len());
 }
 
 #[test]
 fn conf_079_limits_are_414_and_431() {
-    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_TARGET));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "a".repeat(MAX_TARGET)
+    );
     assert_eq!(err(long.as_bytes()), HeadError::UriTooLong);
     assert_eq!(HeadError::UriTooLong.reason().status(), 414);
-    let at_limit = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_TARGET - 1));
+    let at_limit = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "a".repeat(MAX_TARGET - 1)
+    );
     ok(at_limit.as_bytes());
 
     let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
@@ -141,11 +166,20 @@ fn conf_079_limits_are_414_and_431() {
 #[test]
 fn check_partial_refuses_hopeless_heads_early() {
     assert_eq!(check_partial(b"GET /meta"), Ok(()));
-    assert_eq!(check_partial(b"\x16\x03\x01\x02\x00"), Err(HeadError::Method));
+    assert_eq!(
+        check_partial(b"\x16\x03\x01\x02\x00"),
+        Err(HeadError::Method)
+    );
     let long_target = format!("GET /{}", "a".repeat(MAX_TARGET));
-    assert_eq!(check_partial(long_target.as_bytes()), Err(HeadError::UriTooLong));
+    assert_eq!(
+        check_partial(long_target.as_bytes()),
+        Err(HeadError::UriTooLong)
+    );
     let big = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(MAX_HEAD_BYTES));
-    assert_eq!(check_partial(big.as_bytes()), Err(HeadError::HeadersTooLarge));
+    assert_eq!(
+        check_partial(big.as_bytes()),
+        Err(HeadError::HeadersTooLarge)
+    );
 }
 
 #[test]
@@ -156,7 +190,10 @@ fn flags_for_step_3_do_not_fail_the_parse() {
     assert!(h.bad_header_value && h.upgrade && h.protected_connection && h.close);
     assert!(h.expect_continue);
     let names: Vec<&[u8]> = h.connection_names.iter().map(|s| s.of(raw)).collect();
-    assert_eq!(names, [&b"Upgrade"[..], b"x-ms-azure-host-claims", b"X-Custom"]);
+    assert_eq!(
+        names,
+        [&b"Upgrade"[..], b"x-ms-azure-host-claims", b"X-Custom"]
+    );
     assert!(h.is_hop_by_hop(raw, b"x-custom") && h.is_hop_by_hop(raw, b"TE"));
     assert!(!h.is_hop_by_hop(raw, b"host"));
     let h = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n\r\n");
@@ -164,7 +201,10 @@ fn flags_for_step_3_do_not_fail_the_parse() {
     let h = ok(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n");
     assert!(h.bad_header_value);
     let h = ok(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n");
-    assert!(h.bad_header_value, "a CR inside a value is a bad value byte");
+    assert!(
+        h.bad_header_value,
+        "a CR inside a value is a bad value byte"
+    );
 }
 
 proptest! {
