@@ -262,11 +262,9 @@ impl Agent {
 
         let listener = bind_listener(config.proxy_listen_address, &board, &cancel).await;
         let listener_v6 = match &listener {
+            // On failure the board says why and the flag stays unset.
             Some(v4) if needs_v6_listener(&config) => {
-                match bind_v6_listener(v4, &board, &cancel).await {
-                    Some(v6) => Some(Some(v6)),
-                    None => None, // the board says why; the flag stays unset
-                }
+                bind_v6_listener(v4, &board, &cancel).await.map(Some)
             }
             Some(_) => Some(None),
             None => None,

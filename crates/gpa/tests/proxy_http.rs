@@ -884,3 +884,63 @@ async fn overloaded_connections_get_503() {
     assert_eq!(r.refusal(), (503, "OVERLOADED".to_owned()));
     t.stop().await;
 }
+
+/// Not a benchmark and not a timed assertion: prints the added latency of the proxy for sequential keep-alive
+/// requests (client, proxy and stand-in share this process), for a sanity check by hand:
+/// `cargo test --release -p gpa --test proxy_http -- --ignored --nocapture latency_sanity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints a latency sanity number; run by hand"]
+async fn latency_sanity_proxy_vs_direct() {
+    const N: usize = 5_000;
+    let t = TestAgent::start(Options::default()).await;
+    t.ready().await;
+    let h = t.imds();
+    let req = get("/metadata/instance?api-version=2021-02-01", h);
+    async fn run(s: &mut tokio::net::TcpStream, req: &[u8]) -> Vec<Duration> {
+        let mut times = Vec::with_capacity(N);
+        for _ in 0..N {
+            let started = Instant::now();
+            s.write_all(req).await.unwrap();
+            let r = read_response(s).await;
+            assert_eq!(r.status, 200);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        times
+    }
+    let cpu = || {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        let us = |t: nix::sys::time::TimeVal| (t.tv_sec() * 1_000_000 + t.tv_usec()) as u64;
+        Duration::from_micros(us(u.user_time()) + us(u.system_time()))
+    };
+    let mut direct = tokio::net::TcpStream::connect(t.recorder.addr)
+        .await
+        .unwrap();
+    direct.set_nodelay(true).unwrap();
+    run(&mut direct, &req).await; // warm-up
+    let c0 = cpu();
+    let d = run(&mut direct, &req).await;
+    let c1 = cpu();
+    let mut proxied = t.connect(h, Who::Root).await;
+    proxied.set_nodelay(true).unwrap();
+    run(&mut proxied, &req).await;
+    let c2 = cpu();
+    let p = run(&mut proxied, &req).await;
+    let c3 = cpu();
+    let pct = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "NOT A BENCHMARK: {N} sequential keep-alive GETs, one process (client, proxy, stand-in)\n  \
+         direct  p50 {:?} p99 {:?}  process CPU/request {:?}\n  proxied p50 {:?} p99 {:?}  process CPU/request {:?}\n  \
+         added p50 {:?}, added CPU/request {:?}",
+        pct(&d, 0.5),
+        pct(&d, 0.99),
+        (c1 - c0) / N as u32,
+        pct(&p, 0.5),
+        pct(&p, 0.99),
+        (c3 - c2) / N as u32,
+        pct(&p, 0.5).saturating_sub(pct(&d, 0.5)),
+        ((c3 - c2) / N as u32).saturating_sub((c1 - c0) / N as u32),
+    );
+    t.stop().await;
+}

@@ -386,13 +386,11 @@ fn target_form(method: &[u8], target: &[u8]) -> Result<(), HeadError> {
         .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
         .unwrap_or(target.len());
     let starts_alpha = target.first().is_some_and(u8::is_ascii_alphabetic);
-    if starts_alpha
+    let absolute = starts_alpha
         && target
             .get(scheme_len..)
-            .is_some_and(|r| r.starts_with(b"://"))
-    {
-        Ok(())
-    } else if method == b"CONNECT" {
+            .is_some_and(|r| r.starts_with(b"://"));
+    if absolute || method == b"CONNECT" {
         Ok(())
     } else {
         Err(HeadError::AuthorityForm)

@@ -7,9 +7,12 @@
 //! bodies, rewrites, signs and sends, `relay` owns the upstream connection and relays responses, `local`
 //! serves `/provision` and `/gpa-aggregated-status`, [`response`] writes the proxy's own answers.
 //!
-//! The HTTP codec is our own (DESIGN.md, workspace layout): spec §3.2 step 6 requires that exactly the signed
-//! header set reaches the host, and §8 fixes statuses (408 only for partial heads, 414, 431, 400 for framing
-//! ambiguities) that general-purpose servers and clients normalise away.
+//! The HTTP codec is our own, not hyper's: spec §3.2 step 6 requires that exactly the signed header set
+//! reaches the host (hyper's client adds and rewrites `Host`, `Content-Length`, `Transfer-Encoding`), and §8
+//! fixes statuses that hyper's server decides itself or normalises away (408 only for partial heads, 414, 431
+//! at 100 fields, 400 with a reason code for each framing ambiguity, the exact 405). Request heads are parsed
+//! by [`head`] (pure, fuzzable), response heads by `httparse`; bodies are framed by us, responses relayed with
+//! their own framing.
 //!
 //! This module must never: send a byte upstream for a refused request (conf 76), open an upstream connection
 //! before a request is authorized, share an upstream connection between downstream connections, read `/proc`
