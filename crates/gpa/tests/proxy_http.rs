@@ -885,6 +885,78 @@ async fn overloaded_connections_get_503() {
     t.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_088_gpa_status_asks_the_real_proxy() {
+    let t = TestAgent::start(Options::default()).await;
+    let tick = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let answer = gpa::status::client::ask(t.proxy, tick, true).await.unwrap();
+        if answer.finished {
+            assert_eq!(answer.error_message, "");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "provisioning finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conf_001_ipv6_loopback_listener_only_with_an_ipv6_endpoint() {
+    use std::sync::{Arc, Mutex};
+    async fn listeners(imds: &str) -> (std::net::SocketAddr, Option<std::net::SocketAddr>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = gpa::config::Config {
+            log_folder: dir.path().join("log"),
+            latch_key_folder: dir.path().join("keys"),
+            wire_server_endpoint: "127.0.0.16:9".parse().unwrap(),
+            host_ga_plugin_endpoint: "127.0.0.16:10".parse().unwrap(),
+            imds_endpoint: imds.parse().unwrap(),
+            proxy_listen_address: "127.0.0.1:0".parse().unwrap(),
+            ..gpa::config::Config::default()
+        };
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = seen.clone();
+        let parts = gpa::lifecycle::Parts {
+            start_redirector: Box::new(|_| Err("no redirector in this test".into())),
+            serve_proxy: Box::new(move |ctx| {
+                *seen2.lock().unwrap() = Some((
+                    ctx.listener.local_addr().unwrap(),
+                    ctx.listener_v6.as_ref().map(|l| l.local_addr().unwrap()),
+                ));
+                Box::pin(async move { ctx.cancel.cancelled().await })
+            }),
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let agent = gpa::lifecycle::Agent::start(
+            Arc::new(config),
+            parts,
+            gpa::telemetry::EventSink::new(),
+            cancel.clone(),
+        )
+        .await;
+        cancel.cancel();
+        agent.stop().await;
+        let seen = seen.lock().unwrap().take();
+        seen.unwrap()
+    }
+    let (v4, v6) = listeners("127.0.0.254:9").await;
+    assert!(v4.ip().is_loopback() && v6.is_none());
+    let (v4, v6) = listeners("[::1]:9").await;
+    let v6 = v6.expect("an IPv6 endpoint adds the [::1] listener");
+    assert_eq!(
+        v6,
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()))
+    );
+}
+
 /// Not a benchmark and not a timed assertion: prints the added latency of the proxy for sequential keep-alive
 /// requests (client, proxy and stand-in share this process), for a sanity check by hand:
 /// `cargo test --release -p gpa --test proxy_http -- --ignored --nocapture latency_sanity`.
