@@ -30,6 +30,10 @@ use super::{Attribution, Shared};
 use crate::logfile::CONNECTION_TARGET;
 use crate::status::{RequestRecord, SummaryKind};
 
+/// The status recorded in the summaries for a request whose client went away before any response (nginx's
+/// "client closed request"); nothing is sent.
+const CLIENT_GONE: u16 = 499;
+
 /// The state of one downstream connection.
 pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
@@ -238,6 +242,7 @@ impl Conn {
                         self.answer_refusal(reason).await;
                         (reason.status(), Some(reason), false)
                     }
+                    Outcome::Broken { status: 0 } => (CLIENT_GONE, None, false),
                     Outcome::Broken { status } => (status, None, false),
                 };
                 // An audit denial is recorded as the refusal enforce would have given (spec §4.5, conf 41).
