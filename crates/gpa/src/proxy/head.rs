@@ -412,18 +412,11 @@ fn parse_field_line(head: &[u8], line: Range<usize>) -> Result<Field, HeadError>
         return Err(HeadError::FieldLine);
     }
     let value = bytes.get(colon + 1..).unwrap_or_default();
-    let lead = value
-        .iter()
-        .position(|&b| !is_ows(b))
-        .unwrap_or(value.len());
-    let trail = value
-        .iter()
-        .rposition(|&b| !is_ows(b))
-        .map_or(lead, |i| i + 1);
+    let trimmed = ows_trimmed(value);
     let value_start = line.start + colon + 1;
     Ok(Field {
         name: Span::new(line.start..line.start + colon),
-        value: Span::new(value_start + lead..value_start + trail),
+        value: Span::new(value_start + trimmed.start..value_start + trimmed.end),
     })
 }
 
@@ -519,15 +512,8 @@ fn list_items(head: &[u8], value: Span) -> impl Iterator<Item = Span> + '_ {
     value.of(head).split(|&b| b == b',').map(move |piece| {
         let piece_start = base + start;
         start += piece.len() + 1;
-        let lead = piece
-            .iter()
-            .position(|&b| !is_ows(b))
-            .unwrap_or(piece.len());
-        let trail = piece
-            .iter()
-            .rposition(|&b| !is_ows(b))
-            .map_or(lead, |i| i + 1);
-        Span::new(piece_start + lead..piece_start + trail)
+        let trimmed = ows_trimmed(piece);
+        Span::new(piece_start + trimmed.start..piece_start + trimmed.end)
     })
 }
 
@@ -557,9 +543,14 @@ fn is_ows(b: u8) -> bool {
 }
 
 pub fn trim_ows(v: &[u8]) -> &[u8] {
+    v.get(ows_trimmed(v)).unwrap_or_default()
+}
+
+/// The range of `v` without leading and trailing SP/HTAB.
+fn ows_trimmed(v: &[u8]) -> Range<usize> {
     let start = v.iter().position(|&b| !is_ows(b)).unwrap_or(v.len());
     let end = v.iter().rposition(|&b| !is_ows(b)).map_or(start, |i| i + 1);
-    v.get(start..end).unwrap_or_default()
+    start..end
 }
 
 pub fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
