@@ -1,0 +1,368 @@
+//! The run's results as JSON and as the Markdown tables of BENCHMARKS.md, each number next to its target.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::driver::Options;
+use crate::procfs;
+use crate::stats::{Percentiles, Side};
+use crate::workload::Workload;
+
+/// Targets on the bench machine (issue 8).
+pub mod target {
+    /// Agent CPU per proxied request, microseconds.
+    pub const AGENT_CPU_US: f64 = 10.0;
+    /// Keep-alive, 1 connection: added p50 and p99, microseconds, and the throughput ratio.
+    pub const KA1_ADDED_P50_US: f64 = 25.0;
+    pub const KA1_ADDED_P99_US: f64 = 100.0;
+    pub const KA1_RATIO: f64 = 0.7;
+    /// Keep-alive, 64 connections: throughput ratio.
+    pub const KA64_RATIO: f64 = 0.5;
+    /// New connection per request: added p50, microseconds.
+    pub const NEWCONN_ADDED_P50_US: f64 = 60.0;
+    /// Agent RSS idle and at 10,000 connections, bytes.
+    pub const RSS_IDLE: u64 = 8 << 20;
+    pub const RSS_SCALE: u64 = 32 << 20;
+    /// Stripped `gpa`, bytes.
+    pub const BINARY: u64 = 5 << 20;
+    /// Cold start with a stored key to enforce-ready, milliseconds.
+    pub const COLD_START_MS: f64 = 50.0;
+}
+
+/// One workload, both sides.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadResult {
+    pub name: String,
+    pub title: String,
+    pub agent: Side,
+    pub direct: Side,
+    /// Agent requests/s over direct requests/s.
+    pub ratio: f64,
+    /// Agent latency minus direct latency, microseconds.
+    pub added_us: Percentiles,
+    pub load_average_before: [f64; 3],
+    pub load_average_after: [f64; 3],
+}
+
+impl WorkloadResult {
+    pub fn new(
+        w: &Workload,
+        agent: Side,
+        direct: Side,
+        before: [f64; 3],
+        after: [f64; 3],
+    ) -> WorkloadResult {
+        WorkloadResult {
+            name: w.name.to_owned(),
+            title: w.title.to_owned(),
+            ratio: if direct.rps > 0.0 {
+                agent.rps / direct.rps
+            } else {
+                0.0
+            },
+            added_us: agent.latency_us.minus(&direct.latency_us),
+            agent,
+            direct,
+            load_average_before: before,
+            load_average_after: after,
+        }
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.agent.failed + self.direct.failed
+    }
+}
+
+/// Facts about the agent process and binary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentFacts {
+    pub rss_idle_bytes: u64,
+    /// `VmHWM` after every workload (before the connection hold).
+    pub rss_peak_bytes: u64,
+    pub binary_bytes: u64,
+    pub stripped_binary_bytes: u64,
+    /// Spawn → first signed 200 through the agent, with a stored key, each run.
+    pub cold_start_ms: Vec<f64>,
+    pub cold_start_median_ms: f64,
+}
+
+/// The connection hold.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scale {
+    pub connections: usize,
+    pub held: u64,
+    pub failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Time to open all and get one response on each.
+    pub open_ms: f64,
+    pub agent_rss_before_bytes: u64,
+    pub agent_rss_bytes: u64,
+    pub load_average: [f64; 3],
+    pub note: String,
+}
+
+/// The machine the run was on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map_or_else(String::new, |(_, v)| v.trim().to_owned()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }
+    }
+}
+
+/// The run's settings as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSettings {
+    pub rounds: usize,
+    pub round_ms: u64,
+    pub warmup_ms: u64,
+    pub max_requests: Option<u64>,
+    pub client_cpu: Option<usize>,
+    pub nice: i32,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: RunSettings,
+    pub load_average_start: [f64; 3],
+    pub load_average_end: [f64; 3],
+    pub workloads: Vec<WorkloadResult>,
+    pub agent: AgentFacts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+    /// Every request of every workload succeeded.
+    pub all_succeeded: bool,
+}
+
+impl Report {
+    pub fn new(opts: &Options) -> Report {
+        Report {
+            machine: Machine::here(),
+            settings: RunSettings {
+                rounds: opts.rounds,
+                round_ms: opts.round_ms,
+                warmup_ms: opts.warmup_ms,
+                max_requests: opts.max_requests,
+                client_cpu: opts.client_cpu,
+                nice: procfs::nice(std::process::id()).unwrap_or(0),
+            },
+            load_average_start: procfs::loadavg(),
+            load_average_end: [0.0; 3],
+            workloads: Vec::new(),
+            agent: AgentFacts::default(),
+            scale: None,
+            all_succeeded: false,
+        }
+    }
+
+    /// Closes the report: end load average, medians, the success verdict.
+    pub fn finish(&mut self) {
+        self.load_average_end = procfs::loadavg();
+        let mut cs = self.agent.cold_start_ms.clone();
+        cs.sort_by(f64::total_cmp);
+        self.agent.cold_start_median_ms = cs.get(cs.len() / 2).copied().unwrap_or(0.0);
+        self.all_succeeded = self
+            .workloads
+            .iter()
+            .all(|w| w.failed() == 0 && w.agent.requests > 0 && w.direct.requests > 0)
+            && self
+                .scale
+                .as_ref()
+                .is_none_or(|s| s.failed == 0 && s.held as usize == s.connections);
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The Markdown tables: per workload, then the agent's facts against their targets.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let la = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
+        let _ = writeln!(
+            md,
+            "Machine: {} × {}, kernel {}; load average {} at start, {} at end; {} rounds × {} ms per side, \
+             client pinned to CPU {}, nice {}.\n",
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.kernel,
+            la(self.load_average_start),
+            la(self.load_average_end),
+            self.settings.rounds,
+            self.settings.round_ms,
+            self.settings
+                .client_cpu
+                .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            self.settings.nice,
+        );
+        md.push_str(
+            "| workload | direct req/s | agent req/s | ratio | direct p50 / p90 / p99 / p99.9 µs | agent p50 / p90 / p99 / p99.9 µs | added p50 / p99 µs | agent CPU µs/req | load avg (1 min) |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        );
+        let pct =
+            |p: &Percentiles| format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p90, p.p99, p.p999);
+        for w in &self.workloads {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.2}× | {} | {} | +{:.0} / +{:.0} | {:.1} | {:.2}–{:.2} |",
+                w.title,
+                w.direct.rps,
+                w.agent.rps,
+                w.ratio,
+                pct(&w.direct.latency_us),
+                pct(&w.agent.latency_us),
+                w.added_us.p50,
+                w.added_us.p99,
+                w.agent.agent_cpu_us,
+                w.load_average_before[0],
+                w.load_average_after[0],
+            );
+        }
+        md.push_str("\n| target | measured | verdict |\n|---|--:|---|\n");
+        let mut row = |what: &str, measured: String, ok: Option<bool>| {
+            let verdict = match ok {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
+            };
+            let _ = writeln!(md, "| {what} | {measured} | {verdict} |");
+        };
+        let find = |name: &str| self.workloads.iter().find(|w| w.name == name);
+        let ka = self
+            .workloads
+            .iter()
+            .filter(|w| w.name.starts_with("keepalive"));
+        let worst_cpu = ka
+            .map(|w| w.agent.agent_cpu_us)
+            .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+        row(
+            &format!(
+                "agent CPU per proxied request ≤ {} µs (worst keep-alive workload)",
+                target::AGENT_CPU_US
+            ),
+            worst_cpu.map_or_else(|| "–".into(), |c| format!("{c:.1} µs")),
+            worst_cpu.map(|c| c <= target::AGENT_CPU_US),
+        );
+        if let Some(w) = find("keepalive-1") {
+            row(
+                &format!(
+                    "keep-alive 1 conn: added p50 ≤ +{} µs",
+                    target::KA1_ADDED_P50_US
+                ),
+                format!("+{:.1} µs", w.added_us.p50),
+                Some(w.added_us.p50 <= target::KA1_ADDED_P50_US),
+            );
+            row(
+                &format!(
+                    "keep-alive 1 conn: added p99 ≤ +{} µs",
+                    target::KA1_ADDED_P99_US
+                ),
+                format!("+{:.1} µs", w.added_us.p99),
+                Some(w.added_us.p99 <= target::KA1_ADDED_P99_US),
+            );
+            row(
+                &format!(
+                    "keep-alive 1 conn: throughput ≥ {}× direct",
+                    target::KA1_RATIO
+                ),
+                format!("{:.2}×", w.ratio),
+                Some(w.ratio >= target::KA1_RATIO),
+            );
+        }
+        if let Some(w) = find("keepalive-64") {
+            row(
+                &format!(
+                    "keep-alive 64 conns: throughput ≥ {}× direct",
+                    target::KA64_RATIO
+                ),
+                format!("{:.2}×", w.ratio),
+                Some(w.ratio >= target::KA64_RATIO),
+            );
+        }
+        for name in ["newconn-1", "newconn-8"] {
+            if let Some(w) = find(name) {
+                row(
+                    &format!(
+                        "{}: added p50 ≤ +{} µs",
+                        w.title,
+                        target::NEWCONN_ADDED_P50_US
+                    ),
+                    format!("+{:.1} µs", w.added_us.p50),
+                    Some(w.added_us.p50 <= target::NEWCONN_ADDED_P50_US),
+                );
+            }
+        }
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1 << 20));
+        let a = &self.agent;
+        row(
+            "agent RSS idle ≤ 8 MiB",
+            mib(a.rss_idle_bytes),
+            Some(a.rss_idle_bytes <= target::RSS_IDLE),
+        );
+        row(
+            "agent RSS peak after the workloads (no target; reference 40 MB)",
+            mib(a.rss_peak_bytes),
+            None,
+        );
+        if let Some(s) = &self.scale {
+            row(
+                &format!("agent RSS at {} held connections ≤ 32 MiB", s.connections),
+                format!("{} ({} held)", mib(s.agent_rss_bytes), s.held),
+                Some(s.agent_rss_bytes <= target::RSS_SCALE && s.held as usize == s.connections),
+            );
+        }
+        row(
+            "stripped gpa ≤ 5 MiB",
+            mib(a.stripped_binary_bytes),
+            (a.stripped_binary_bytes > 0).then_some(a.stripped_binary_bytes <= target::BINARY),
+        );
+        row(
+            &format!(
+                "cold start with a stored key to enforce-ready ≤ {} ms (median)",
+                target::COLD_START_MS
+            ),
+            if a.cold_start_ms.is_empty() {
+                "–".into()
+            } else {
+                format!(
+                    "{:.1} ms (runs: {})",
+                    a.cold_start_median_ms,
+                    a.cold_start_ms
+                        .iter()
+                        .map(|c| format!("{c:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            (!a.cold_start_ms.is_empty())
+                .then_some(a.cold_start_median_ms <= target::COLD_START_MS),
+        );
+        let _ = writeln!(
+            md,
+            "\nEvery request succeeded: {}.",
+            if self.all_succeeded { "yes" } else { "**no**" }
+        );
+        md
+    }
+}
