@@ -2,7 +2,7 @@
 //! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
 //!
 //! Buffers live as long as the connection and are reused by each request; the connection's claims are built
-//! once (spec §6). Every request is counted, recorded in the summaries and logged once, on the
+//! once (spec §6). Every request is counted, recorded in the summaries and logged once at debug level, on the
 //! `gpa::connection` target, without query strings, claims values or key material. This module must never
 //! read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the proxy
 //! generated itself.
@@ -85,7 +85,8 @@ pub(super) async fn serve(
         .await
         .unwrap_or(Attribution::Direct);
     let caller = caller(attribution, peer, local, &shared);
-    let span = tracing::info_span!(
+    // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
+    let span = tracing::debug_span!(
         "conn",
         %peer,
         pid = caller.claims.process_id,
@@ -295,12 +296,12 @@ impl Conn {
             detail,
         );
         self.shared.status.record(kind, &record);
-        let path = String::from_utf8_lossy(msp_core::canon::raw_path(target));
-        tracing::info!(
+        // Per request: debug only (info and above are for lifecycle events, STYLE rule 16).
+        tracing::debug!(
             target: CONNECTION_TARGET,
             id,
             %method,
-            %path,
+            path = %String::from_utf8_lossy(msp_core::canon::raw_path(target)),
             status,
             reason = reason.map_or("", Reason::code),
             elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
