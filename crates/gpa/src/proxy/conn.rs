@@ -27,8 +27,9 @@ use super::limits::{INITIAL_BUFFER, KEEP_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
 use super::{Attribution, Shared};
+use crate::clock;
 use crate::logfile::CONNECTION_TARGET;
-use crate::status::{RequestRecord, SummaryKind};
+use crate::status::{Counter, RequestRecord, SummaryKind};
 
 /// The status recorded in the summaries for a request whose client went away before any response (nginx's
 /// "client closed request"); nothing is sent.
@@ -52,6 +53,8 @@ pub(super) struct Conn {
     /// The bytes going to the client.
     pub(super) out: Vec<u8>,
     pub(super) upstream: Option<Upstream>,
+    /// The summary counter of this connection's last recorded (kind, status), for repeats (spec §8.6).
+    summary: Option<(SummaryKind, u16, Counter)>,
     /// A write to the client failed: nobody is reading any more.
     client_gone: bool,
     cancel: CancellationToken,
@@ -106,6 +109,7 @@ pub(super) async fn serve(
         send: Vec::new(),
         out: Vec::new(),
         upstream: None,
+        summary: None,
         client_gone: false,
         cancel,
     };
@@ -271,7 +275,7 @@ impl Conn {
 
     /// The summary entry and the connection log line of one finished request (spec §8.6).
     fn finish(
-        &self,
+        &mut self,
         id: u64,
         started: Instant,
         status: u16,
@@ -279,28 +283,37 @@ impl Conn {
         kind: SummaryKind,
         detail: &str,
     ) {
-        let method = String::from_utf8_lossy(self.head.method.of(&self.head_buf));
-        let target = self.head.target.of(&self.head_buf);
         let elapsed = started.elapsed();
-        let dest = self.caller.original_dst.unwrap_or(self.local);
-        let status_code =
-            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-        let record = RequestRecord::new(
-            id,
-            &method,
-            &String::from_utf8_lossy(target),
-            &self.caller.claims,
-            dest,
-            status_code,
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            detail,
-        );
-        self.shared.status.record(kind, &record);
+        let target = self.head.target.of(&self.head_buf);
+        // Within a connection the summary key differs only by status: a repeat is one atomic add.
+        let counted = match &self.summary {
+            Some((k, s, counter)) if *k == kind && *s == status => counter.add(clock::unix_ms()),
+            _ => false,
+        };
+        if !counted {
+            let status_code =
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            let record = RequestRecord::new(
+                id,
+                &String::from_utf8_lossy(self.head.method.of(&self.head_buf)),
+                &String::from_utf8_lossy(target),
+                &self.caller.claims,
+                self.caller.original_dst.unwrap_or(self.local),
+                status_code,
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                detail,
+            );
+            self.summary = self
+                .shared
+                .status
+                .record_counted(kind, &record)
+                .map(|counter| (kind, status, counter));
+        }
         // Per request: debug only (info and above are for lifecycle events, STYLE rule 16).
         tracing::debug!(
             target: CONNECTION_TARGET,
             id,
-            %method,
+            method = %String::from_utf8_lossy(self.head.method.of(&self.head_buf)),
             path = %String::from_utf8_lossy(msp_core::canon::raw_path(target)),
             status,
             reason = reason.map_or("", Reason::code),

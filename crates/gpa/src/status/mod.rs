@@ -15,7 +15,7 @@ use msp_core::status::AggregateStatus;
 
 pub use board::{Module, StatusBoard};
 pub use provision::{ProvisionAnswer, Provisioning};
-pub use summary::{RequestRecord, SummaryKind};
+pub use summary::{Counter, RequestRecord, SummaryKind};
 
 use crate::telemetry::{EventLevel, EventSink};
 
@@ -39,11 +39,17 @@ impl StatusHub {
     /// Records one finished request (spec §8.6); the first occurrence of its key in a bucket also goes out as an
     /// Info event carrying the full record. The proxy calls this for every request it finishes.
     pub fn record(&self, kind: SummaryKind, record: &RequestRecord) {
-        let first = self
+        self.record_counted(kind, record);
+    }
+
+    /// [`StatusHub::record`], returning the entry's counter: the connection counts later requests under the same
+    /// key with [`Counter::add`], lock-free, without building their records.
+    pub fn record_counted(&self, kind: SummaryKind, record: &RequestRecord) -> Option<Counter> {
+        let (first, counter) = self
             .summaries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(kind, record, crate::clock::unix_ms());
+            .record_counted(kind, record, crate::clock::unix_ms());
         if first {
             let module = match kind {
                 SummaryKind::Connection => "ConnectionSummary",
@@ -52,6 +58,7 @@ impl StatusHub {
             let text = serde_json::to_string(record).unwrap_or_default();
             self.events.emit(EventLevel::Info, module, &text);
         }
+        counter
     }
 
     /// The aggregate status document now (spec §9.2), served at `/gpa-aggregated-status` and written to

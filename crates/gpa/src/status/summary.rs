@@ -4,9 +4,15 @@
 //!
 //! Memory is bounded: at most [`MAX_KEYS_PER_BUCKET`] keys per bucket plus one overflow entry, at most
 //! [`BUCKETS_KEPT`] buckets per kind. Time is a parameter (unix ms), so this store is pure and testable.
+//!
+//! Each entry's count is an atomic that [`Summaries::record`] hands out as a [`Counter`]: a connection that
+//! finishes more requests under the same key in the same bucket counts them with one atomic add, without
+//! building a record or taking the store's lock (the key of a connection's requests differs only by status).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use msp_core::Claims;
 use msp_core::status::SummaryItem;
@@ -127,10 +133,36 @@ impl RequestRecord {
     }
 }
 
+/// A handle on one entry's count in one bucket, returned when a request is recorded under a key.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    bucket: u64,
+    count: Arc<AtomicU64>,
+}
+
+impl Counter {
+    /// Counts one more request under the same key, if `now_ms` still falls in the entry's bucket; otherwise the
+    /// caller records it in full (and gets a counter for the new bucket).
+    pub fn add(&self, now_ms: u64) -> bool {
+        if now_ms / BUCKET_MS != self.bucket {
+            return false;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// An entry: the exported fields (their `count` unused) and the live count.
+#[derive(Debug)]
+struct Entry {
+    item: SummaryItem,
+    count: Arc<AtomicU64>,
+}
+
 #[derive(Debug, Default)]
 struct Bucket {
     index: u64,
-    entries: BTreeMap<String, SummaryItem>,
+    entries: BTreeMap<String, Entry>,
     overflow: u64,
 }
 
@@ -141,7 +173,7 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn record(&mut self, record: &RequestRecord, now_ms: u64) -> bool {
+    fn record(&mut self, record: &RequestRecord, now_ms: u64) -> (bool, Option<Counter>) {
         let index = now_ms / BUCKET_MS;
         self.expire(now_ms);
         if self.buckets.back().is_none_or(|b| b.index != index) {
@@ -151,21 +183,31 @@ impl Buckets {
             });
         }
         let Some(bucket) = self.buckets.back_mut() else {
-            return false;
+            return (false, None);
         };
         let key = record.key();
-        if let Some(entry) = bucket.entries.get_mut(&key) {
-            entry.count += 1;
-            return false;
+        let counter = |count: &Arc<AtomicU64>| Counter {
+            bucket: index,
+            count: count.clone(),
+        };
+        if let Some(entry) = bucket.entries.get(&key) {
+            entry.count.fetch_add(1, Ordering::Relaxed);
+            return (false, Some(counter(&entry.count)));
         }
         if bucket.entries.len() >= MAX_KEYS_PER_BUCKET {
             bucket.overflow += 1;
-            return false;
+            return (false, None);
         }
-        let mut item = record.item();
-        item.count = 1;
-        bucket.entries.insert(key, item);
-        true
+        let count = Arc::new(AtomicU64::new(1));
+        let handle = counter(&count);
+        bucket.entries.insert(
+            key,
+            Entry {
+                item: record.item(),
+                count,
+            },
+        );
+        (true, Some(handle))
     }
 
     fn expire(&mut self, now_ms: u64) {
@@ -181,11 +223,15 @@ impl Buckets {
         let mut overflow = 0;
         for bucket in &self.buckets {
             overflow += bucket.overflow;
-            for (key, item) in &bucket.entries {
+            for (key, entry) in &bucket.entries {
+                let count = entry.count.load(Ordering::Relaxed);
                 merged
                     .entry(key.as_str())
-                    .and_modify(|m| m.count += item.count)
-                    .or_insert_with(|| item.clone());
+                    .and_modify(|m| m.count += count)
+                    .or_insert_with(|| SummaryItem {
+                        count,
+                        ..entry.item.clone()
+                    });
             }
         }
         // BTreeMap iteration is key order; a stable sort by count keeps it among equal counts.
@@ -217,6 +263,16 @@ pub struct Summaries {
 impl Summaries {
     /// Counts one finished request; true when it is the first occurrence of its key in the current bucket.
     pub fn record(&mut self, kind: SummaryKind, record: &RequestRecord, now_ms: u64) -> bool {
+        self.record_counted(kind, record, now_ms).0
+    }
+
+    /// [`Summaries::record`], also returning the entry's [`Counter`] (none once the bucket overflows).
+    pub fn record_counted(
+        &mut self,
+        kind: SummaryKind,
+        record: &RequestRecord,
+        now_ms: u64,
+    ) -> (bool, Option<Counter>) {
         match kind {
             SummaryKind::Connection => self.connections.record(record, now_ms),
             SummaryKind::FailedAuth => self.failed.record(record, now_ms),

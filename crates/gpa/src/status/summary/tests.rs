@@ -143,3 +143,34 @@ fn records_are_redacted() {
         "alice 127.0.0.1 169.254.169.254 80 /usr/bin/curl curl -H Metadata:true 200 OK"
     );
 }
+
+#[test]
+fn counter_counts_repeats_lock_free_within_its_bucket() {
+    let mut s = Summaries::default();
+    let (first, counter) = s.record_counted(SummaryKind::Connection, &rec("alice", 200), T0);
+    assert!(first);
+    let counter = counter.expect("a counter for a stored key");
+    assert!(counter.add(T0 + 1));
+    assert!(counter.add(T0 + 2));
+    let (first, _) = s.record_counted(SummaryKind::Connection, &rec("alice", 200), T0 + 3);
+    assert!(!first, "the key is known");
+    assert_eq!(s.export(SummaryKind::Connection, T0 + 4)[0].count, 4);
+    // The next bucket needs a full record (and a first-occurrence event).
+    assert!(!counter.add(T0 + BUCKET_MS));
+    assert_eq!(
+        s.export(SummaryKind::Connection, T0 + BUCKET_MS)[0].count,
+        4
+    );
+    assert!(s.record(SummaryKind::Connection, &rec("alice", 200), T0 + BUCKET_MS));
+}
+
+#[test]
+fn an_overflowing_bucket_hands_out_no_counter() {
+    let mut s = Summaries::default();
+    for i in 0..MAX_KEYS_PER_BUCKET {
+        s.record(SummaryKind::FailedAuth, &rec(&format!("u{i}"), 403), T0);
+    }
+    let (first, counter) = s.record_counted(SummaryKind::FailedAuth, &rec("late", 403), T0);
+    assert!(!first);
+    assert!(counter.is_none());
+}
