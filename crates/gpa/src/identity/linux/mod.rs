@@ -71,9 +71,11 @@ impl IdentityResolver {
         }
 
         let exe = self.verified_exe(&proc_dir, record).map_err(stale)?;
+        // The path counts only when it names the same file here: else it is "unavailable" (empty, spec §6), so
+        // no `exePath` or `processName` selector can match an impostor (catalog C3).
         let full_path = exe
             .as_ref()
-            .and_then(|e| e.path().ok())
+            .and_then(|e| e.path().ok().filter(|p| e.is_at(p)))
             .map(|p| p.to_string_lossy().into_owned());
         let cmdline = match proc_dir.cmdline() {
             Ok((raw, _)) if raw.is_empty() => UNDEFINED.to_owned(),
