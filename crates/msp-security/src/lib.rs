@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod env;
 pub mod host;
 pub mod http;
+pub mod intercept;
 pub mod netns;
 pub mod probe;
 

@@ -115,6 +115,9 @@ fn run(args: Args) -> std::io::Result<serde_json::Value> {
         nix::unistd::setgroups(&[])?;
         nix::unistd::setresgid(g, g, g)?;
         nix::unistd::setresuid(u, u, u)?;
+        // A uid change makes the process non-dumpable, which leaves its `/proc/self` files root's; an
+        // unprivileged `unshare -r` must write its own uid_map.
+        nix::sys::prctl::set_dumpable(true)?;
     }
     if args.unshare_cgroup_user {
         let uid = nix::unistd::getuid();
