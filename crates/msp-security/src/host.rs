@@ -47,6 +47,19 @@ impl TestHost {
             .expect("set mode");
     }
 
+    /// Stores `document` (a spec §4.1 item) as a new version of profile `name` and makes it the IMDS
+    /// allowlist of the VM (its latest version).
+    pub async fn set_imds_profile(&self, name: &str, document: &str) {
+        let admin = self.host.admin();
+        admin.put_profile(name, document).await.expect("profile");
+        let mut settings = admin.vm_view(VM).await.expect("vm").proxy_agent_settings;
+        settings.imds.profile = Some(msp_host::vm::settings::ProfileRef {
+            name: name.to_owned(),
+            version: None,
+        });
+        admin.put_settings(VM, &settings).await.expect("settings");
+    }
+
     /// Acquires and attests a key from `local` (spec §2.9), as the agent does.
     pub async fn latch(&self, local: IpAddr) -> Latched {
         let ws = self.host.wireserver;

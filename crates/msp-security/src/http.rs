@@ -148,3 +148,26 @@ pub async fn read_until_close(stream: &mut TcpStream, read_for: Duration) -> Exc
         }
     }
 }
+
+/// A request with `Host: <to>`, `Metadata: true` and `Connection: close` (and `Content-Length` for a body).
+pub fn request(
+    method: &str,
+    target: &str,
+    to: SocketAddr,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {to}\r\nMetadata: true\r\nConnection: close\r\n"
+    );
+    for (n, v) in extra {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}

@@ -11,6 +11,7 @@
 //! child cgroup a test created, and never signal a process it did not start.
 #![cfg(target_os = "linux")]
 
+pub mod agent;
 pub mod cgroup;
 pub mod env;
 pub mod host;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod intercept;
 pub mod netns;
 pub mod probe;
+pub mod tmpfs;
 
 pub use cgroup::TestCgroup;
 pub use env::{root_ready, unique};

@@ -1,5 +1,6 @@
 //! Runs `msp-probe` (the attacker process) with the placement a test asks for, and reads its one JSON line.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,14 @@ impl Probe {
         self
     }
 
+    /// Puts `text` on the probe's command line (as its 3rd word: `<exe> --note <text>`), where the agent reads
+    /// it for `processCmdLine`.
+    pub fn note(mut self, text: &str) -> Probe {
+        self.args.insert(0, "--note".into());
+        self.args.insert(1, text.into());
+        self
+    }
+
     /// Joins `cgroup` before acting (so the redirector sees its connects).
     pub fn in_cgroup(self, cgroup: &TestCgroup) -> Probe {
         self.arg("--cgroup").arg(cgroup.path.display().to_string())
@@ -51,10 +60,10 @@ impl Probe {
         self.arg("--unshare-cgroup-user")
     }
 
-    async fn run(self, action: &[String]) -> ProbeResult {
+    async fn run(self, action: Vec<String>) -> ProbeResult {
         let out = tokio::process::Command::new(&self.exe)
             .args(&self.args)
-            .args(action)
+            .args(&action)
             .kill_on_drop(true)
             .output()
             .await
@@ -71,18 +80,23 @@ impl Probe {
     }
 
     /// Connects to `to`, sends `send`, reads for at most `read_ms`.
-    pub async fn tcp(self, to: SocketAddr, send: &[u8], read_ms: u64) -> ProbeResult {
-        self.tcp_args(to, send, read_ms, &[]).await
+    pub fn tcp(
+        self,
+        to: SocketAddr,
+        send: &[u8],
+        read_ms: u64,
+    ) -> impl Future<Output = ProbeResult> + Send + 'static {
+        self.tcp_args(to, send, read_ms, &[])
     }
 
     /// [`Probe::tcp`] with extra `tcp` arguments (`--mapped`, `--chunk N --dribble-ms M`).
-    pub async fn tcp_args(
+    pub fn tcp_args(
         self,
         to: SocketAddr,
         send: &[u8],
         read_ms: u64,
         extra: &[&str],
-    ) -> ProbeResult {
+    ) -> impl Future<Output = ProbeResult> + Send + 'static {
         let mut action = vec![
             "tcp".to_owned(),
             "--to".into(),
@@ -93,7 +107,7 @@ impl Probe {
             read_ms.to_string(),
         ];
         action.extend(extra.iter().map(|s| (*s).to_owned()));
-        self.run(&action).await
+        self.run(action)
     }
 
     /// Sends one datagram; `connect` calls `connect()` first (which runs the kernel's connect hooks).
@@ -108,11 +122,11 @@ impl Probe {
         if connect {
             action.push("--connect".into());
         }
-        self.run(&action).await
+        self.run(action).await
     }
 
     pub async fn raw(self, to: SocketAddr, proto: i32, send: &[u8]) -> ProbeResult {
-        self.run(&[
+        self.run(vec![
             "raw".into(),
             "--to".into(),
             to.to_string(),
@@ -124,9 +138,43 @@ impl Probe {
         .await
     }
 
+    /// `count` keep-alive connections, two requests on each (catalog G1).
+    pub async fn many(self, to: SocketAddr, send: &[u8], count: usize) -> ProbeResult {
+        self.run(vec![
+            "many".into(),
+            "--to".into(),
+            to.to_string(),
+            "--send".into(),
+            hex::encode(send),
+            "--count".into(),
+            count.to_string(),
+        ])
+        .await
+    }
+
+    /// `conns` keep-alive connections sending `send` for `secs` seconds (catalog G2).
+    pub async fn load(self, to: SocketAddr, send: &[u8], conns: usize, secs: u64) -> ProbeResult {
+        self.run(vec![
+            "load".into(),
+            "--to".into(),
+            to.to_string(),
+            "--send".into(),
+            hex::encode(send),
+            "--conns".into(),
+            conns.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+        ])
+        .await
+    }
+
     pub async fn read(self, path: &Path) -> ProbeResult {
-        self.run(&["read".into(), "--path".into(), path.display().to_string()])
-            .await
+        self.run(vec![
+            "read".into(),
+            "--path".into(),
+            path.display().to_string(),
+        ])
+        .await
     }
 }
 

@@ -1,7 +1,8 @@
 //! `msp-probe`: the attacker's process in the catalog tests. It first puts itself where the test says (a child
 //! cgroup, a network namespace the test created, new cgroup and user namespaces, another uid), then does one
 //! thing: a TCP exchange with raw bytes, a UDP datagram, a raw IP packet, or a file read. It prints one JSON line
-//! with what happened and exits. It is single-threaded on purpose (`unshare(CLONE_NEWUSER)` requires it).
+//! with what happened and exits. Setup is single-threaded on purpose (`unshare(CLONE_NEWUSER)` requires it);
+//! only the `load` action starts threads, after it.
 //!
 //! It must never dial anything but the address the test gave it, and the tests only give loopback addresses or
 //! addresses inside a network namespace they created.
@@ -34,6 +35,9 @@ struct Args {
     /// `unshare -Cr`: new cgroup and user namespaces (as an unprivileged container would).
     #[arg(long)]
     unshare_cgroup_user: bool,
+    /// Ignored: text a test wants on the probe's command line (a secret, control characters).
+    #[arg(long)]
+    note: Option<String>,
     /// Drop to this uid and gid (and no supplementary groups) after joining, before any unshare.
     #[arg(long)]
     uid: Option<u32>,
@@ -60,6 +64,9 @@ enum Action {
         chunk: Option<usize>,
         #[arg(long, default_value_t = 0)]
         dribble_ms: u64,
+        /// Send the head (through the first empty line) at once, then the rest one byte every N ms.
+        #[arg(long)]
+        head_then_dribble_ms: Option<u64>,
     },
     /// Sends one UDP datagram (`send`, hex) to `to`; with `connect`, `connect()`s the socket first.
     Udp {
@@ -78,6 +85,28 @@ enum Action {
         proto: i32,
         #[arg(long, default_value = "")]
         send: String,
+    },
+    /// Opens `count` keep-alive connections, sends `send` (one request, hex) on each and reads one response,
+    /// keeps them all open, then does it once more on every connection (catalog G1).
+    Many {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        send: String,
+        #[arg(long)]
+        count: usize,
+    },
+    /// `conns` threads send `send` (hex) over keep-alive connections for `secs` seconds and count the answers
+    /// by status (catalog G2).
+    Load {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        send: String,
+        #[arg(long)]
+        conns: usize,
+        #[arg(long)]
+        secs: u64,
     },
     /// Reads a file.
     Read {
@@ -141,16 +170,27 @@ fn run(args: Args) -> std::io::Result<serde_json::Value> {
             read_ms,
             chunk,
             dribble_ms,
-        } => tcp(
-            to,
-            &decode(&send)?,
-            mapped,
-            Duration::from_millis(read_ms),
-            chunk,
-            Duration::from_millis(dribble_ms),
-        ),
+            head_then_dribble_ms,
+        } => {
+            let send = decode(&send)?;
+            let pacing = match head_then_dribble_ms {
+                Some(ms) => Pacing::HeadThenBytes(Duration::from_millis(ms)),
+                None => Pacing::Chunks(
+                    chunk.unwrap_or(send.len()),
+                    Duration::from_millis(dribble_ms),
+                ),
+            };
+            tcp(to, &send, mapped, Duration::from_millis(read_ms), pacing)
+        }
         Action::Udp { to, send, connect } => udp(to, &decode(&send)?, connect),
         Action::Raw { to, proto, send } => raw(to, proto, &decode(&send)?),
+        Action::Many { to, send, count } => many(to, &decode(&send)?, count),
+        Action::Load {
+            to,
+            send,
+            conns,
+            secs,
+        } => load(to, &decode(&send)?, conns, Duration::from_secs(secs)),
         Action::Read { path } => match std::fs::read(&path) {
             Ok(bytes) => json!({"ok": true, "len": bytes.len()}),
             Err(e) => error_json("read", &e),
@@ -182,13 +222,36 @@ fn connect(to: SocketAddr, mapped: bool) -> std::io::Result<TcpStream> {
     TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
 }
 
+/// How a probe paces what it sends.
+enum Pacing {
+    /// Pieces of this size, this far apart.
+    Chunks(usize, Duration),
+    /// The head at once, then one byte at a time, this far apart.
+    HeadThenBytes(Duration),
+}
+
+impl Pacing {
+    fn pieces<'a>(&self, send: &'a [u8]) -> (Vec<&'a [u8]>, Duration) {
+        match *self {
+            Pacing::Chunks(size, gap) => (send.chunks(size.max(1)).collect(), gap),
+            Pacing::HeadThenBytes(gap) => {
+                let head = send
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(send.len(), |i| i + 4);
+                let (first, rest) = send.split_at(head);
+                (std::iter::once(first).chain(rest.chunks(1)).collect(), gap)
+            }
+        }
+    }
+}
+
 fn tcp(
     to: SocketAddr,
     send: &[u8],
     mapped: bool,
     read_for: Duration,
-    chunk: Option<usize>,
-    dribble: Duration,
+    pacing: Pacing,
 ) -> serde_json::Value {
     let mut stream = match connect(to, mapped) {
         Ok(s) => s,
@@ -203,13 +266,14 @@ fn tcp(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut write_error = None;
-    for piece in send.chunks(chunk.unwrap_or(send.len()).max(1)) {
+    let (pieces, gap) = pacing.pieces(send);
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 && !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
         if let Err(e) = stream.write_all(piece) {
             write_error = Some(e.to_string());
             break;
-        }
-        if !dribble.is_zero() {
-            std::thread::sleep(dribble);
         }
     }
     let (response, closed, read_error) = read_response(&mut stream, read_for);
@@ -312,4 +376,119 @@ fn raw(to: SocketAddr, proto: i32, send: &[u8]) -> serde_json::Value {
         Ok(n) => json!({"ok": true, "sent": n}),
         Err(e) => error_json("send", &e.into()),
     }
+}
+
+/// Most bytes of a response head or body `exchange` accepts (the catalog's responses are small).
+const MAX_EXCHANGE: usize = 1024 * 1024;
+
+/// Sends one request and reads one `Content-Length`-framed response; returns its status.
+fn exchange(stream: &mut TcpStream, send: &[u8]) -> std::io::Result<u16> {
+    stream.write_all(send)?;
+    let mut buf = Vec::new();
+    let mut piece = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut piece)?;
+        if n == 0 || buf.len() > MAX_EXCHANGE {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(piece.get(..n).unwrap_or_default());
+    };
+    let head =
+        String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default()).to_ascii_lowercase();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length.min(MAX_EXCHANGE) {
+        let n = stream.read(&mut piece)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        have += n;
+    }
+    Ok(status)
+}
+
+fn many(to: SocketAddr, send: &[u8], count: usize) -> serde_json::Value {
+    let mut streams = Vec::with_capacity(count);
+    let (mut first_ok, mut second_ok, mut failed) = (0usize, 0usize, Vec::new());
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                match exchange(&mut s, send) {
+                    Ok(200) => first_ok += 1,
+                    Ok(other) => failed.push(format!("status {other}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                streams.push(s);
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    for s in &mut streams {
+        match exchange(s, send) {
+            Ok(200) => second_ok += 1,
+            Ok(other) => failed.push(format!("second: status {other}")),
+            Err(e) => failed.push(format!("second: {e}")),
+        }
+    }
+    failed.truncate(10);
+    json!({"ok": true, "open": streams.len(), "first_ok": first_ok, "second_ok": second_ok, "failed": failed})
+}
+
+fn load(to: SocketAddr, send: &[u8], conns: usize, secs: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + secs;
+    let workers: Vec<_> = (0..conns)
+        .map(|_| {
+            let send = send.to_vec();
+            std::thread::spawn(move || {
+                let mut counts = std::collections::BTreeMap::<String, u64>::new();
+                let mut stream: Option<TcpStream> = None;
+                while Instant::now() < deadline {
+                    let s = match stream.as_mut() {
+                        Some(s) => s,
+                        None => match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                                stream.insert(s)
+                            }
+                            Err(e) => {
+                                *counts
+                                    .entry(format!("connect: {:?}", e.kind()))
+                                    .or_default() += 1;
+                                continue;
+                            }
+                        },
+                    };
+                    match exchange(s, &send) {
+                        Ok(status) => *counts.entry(status.to_string()).or_default() += 1,
+                        Err(e) => {
+                            *counts.entry(format!("io: {:?}", e.kind())).or_default() += 1;
+                            stream = None;
+                        }
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = std::collections::BTreeMap::<String, u64>::new();
+    for w in workers {
+        if let Ok(counts) = w.join() {
+            for (k, v) in counts {
+                *total.entry(k).or_default() += v;
+            }
+        }
+    }
+    json!({"ok": true, "counts": total})
 }
