@@ -139,7 +139,12 @@ impl Probe {
     }
 
     /// `count` keep-alive connections, two requests on each (catalog G1).
-    pub async fn many(self, to: SocketAddr, send: &[u8], count: usize) -> ProbeResult {
+    pub fn many(
+        self,
+        to: SocketAddr,
+        send: &[u8],
+        count: usize,
+    ) -> impl Future<Output = ProbeResult> + Send + 'static {
         self.run(vec![
             "many".into(),
             "--to".into(),
@@ -149,11 +154,16 @@ impl Probe {
             "--count".into(),
             count.to_string(),
         ])
-        .await
     }
 
     /// `conns` keep-alive connections sending `send` for `secs` seconds (catalog G2).
-    pub async fn load(self, to: SocketAddr, send: &[u8], conns: usize, secs: u64) -> ProbeResult {
+    pub fn load(
+        self,
+        to: SocketAddr,
+        send: &[u8],
+        conns: usize,
+        secs: u64,
+    ) -> impl Future<Output = ProbeResult> + Send + 'static {
         self.run(vec![
             "load".into(),
             "--to".into(),
@@ -165,7 +175,6 @@ impl Probe {
             "--secs".into(),
             secs.to_string(),
         ])
-        .await
     }
 
     pub async fn read(self, path: &Path) -> ProbeResult {
