@@ -155,7 +155,34 @@ fn main() {
     redact.add("line\nfake: {\"EventLevel\":\"ERROR\"}\u{202e}");
     redact.add("4A404E635266556A586E3272357538782F413F4428472B4B6250645367566B59");
 
-    for c in [&canon, &doc, &local, &wire, &verify, &redact] {
+    // proxy_head: the signed requests above, and the catalog's framing attacks (A3, A4, A6, A8).
+    let mut head = Corpus::new("proxy_head");
+    for r in cases(&sign, "requests") {
+        if let (Some(method), Some(target)) = (text(r, "method"), text(r, "target")) {
+            head.add(http_request(
+                method,
+                target,
+                &[("Host".into(), "169.254.169.254".into())],
+                "",
+            ));
+        }
+    }
+    for attack in [
+        "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        "CONNECT host:443 HTTP/1.1\r\nHost: host:443\r\n\r\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+        "GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+        "GET / HTTP/9.9\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "GET /a#frag HTTP/1.1\r\nConnection: x-ms-azure-host-claims\r\n\r\n",
+    ] {
+        head.add(attack);
+    }
+
+    for c in [&canon, &doc, &local, &wire, &verify, &redact, &head] {
         println!("{}: {} seeds", c.dir.display(), c.count);
     }
 }
