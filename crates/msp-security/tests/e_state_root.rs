@@ -86,6 +86,8 @@ async fn e1_root_every_file_the_agent_writes_has_its_documented_owner_and_mode()
     let root = agent.dir.path().to_path_buf();
     let status = root.join("log/status.json");
     eventually("status.json", || status.exists()).await;
+    let last = root.join("state/keys/last-status.json");
+    eventually("last-status.json (after the next poll)", || last.exists()).await;
     let guid = agent.snapshot().key.clone().unwrap().guid;
     let key_file = root.join(format!("state/keys/{guid}.key"));
 
@@ -163,8 +165,11 @@ async fn e2_root_symlinks_planted_at_the_key_and_status_paths_are_never_followed
     // The key directory is refused, so no key is stored, and without a stored key none is attested (spec §2.9):
     // the agent stays closed and says why.
     let board = agent.agent.as_ref().unwrap().board.clone();
+    let mut last = String::new();
     eventually("the key latch to report the refused directory", || {
-        board.module(Module::KeyLatch).message.contains("symlink")
+        last = board.module(Module::KeyLatch).message;
+        eprintln!("{last}");
+        last.contains("symlink")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await; // a few polls and status writes
