@@ -199,7 +199,7 @@ async fn f2_root_control_characters_and_fake_json_in_paths_cmdlines_and_urls_com
     let exe = dir.path().join(forged);
     std::fs::copy(env!("CARGO_BIN_EXE_msp-probe"), &exe).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let target = "/metadata/instance?api-version=2021-02-01&x=%0A%7B%22forged%22%3A1%7D";
+    let target = "/metadata/instance?api-version=2021-02-01&x=%22%7D%2C%7B%22forged%22%3A1%7D";
     let r = Probe::new(&exe)
         .note("line1\nline2\r{\"fake\": true}")
         .in_cgroup(&agent.cgroup)
@@ -211,6 +211,13 @@ async fn f2_root_control_characters_and_fake_json_in_paths_cmdlines_and_urls_com
         )
         .await;
     assert_eq!(r.response().status, 200, "{:?}", r.0);
+    // A control character in the URL itself never gets as far as a log: it is refused (spec §5.3).
+    let ctrl = "/metadata/instance?api-version=2021-02-01&x=%0A%7B%22forged%22%3A1%7D";
+    let r = probe!()
+        .in_cgroup(&agent.cgroup)
+        .tcp(t.host.imds, &request("GET", ctrl, t.host.imds, &[], b""), 8000)
+        .await;
+    r.response().assert_refusal(400, "CANON_CTRL");
 
     let status = agent.dir.path().join("log/status.json");
     eventually("the summary in status.json", || {
