@@ -323,3 +323,36 @@ fn c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path() {
     drop(client);
     setup.redirector.stop().unwrap();
 }
+
+#[test]
+fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims() {
+    if !root_ready("f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims") {
+        return;
+    }
+    // An executable whose name would forge a log line and a JSON record.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "tool\n{\"userName\": \"root\"}\u{1b}[2J";
+    let evil = dir.path().join(name);
+    std::fs::copy(std::env::current_exe().unwrap(), &evil).unwrap();
+    let setup = Setup::new("ctrlpath");
+    let mut spawn = setup.client("hold");
+    spawn
+        .env
+        .push(("GPA_TEST_EVIL", evil.display().to_string()));
+    spawn.wrapper = vec!["sh", "-c", "exec \"$GPA_TEST_EVIL\" \"$@\""];
+    let client = spawn.run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("a live caller");
+    let escaped = msp_core::redact::escape_control(&evil.display().to_string());
+    assert_eq!(claims.process_full_path, escaped);
+    assert_eq!(
+        claims.process_name,
+        "tool\\n{\"userName\": \"root\"}\\u{1b}[2J"
+    );
+    assert!(!claims.process_cmd_line.chars().any(char::is_control));
+    drop(client);
+    setup.redirector.stop().unwrap();
+}
