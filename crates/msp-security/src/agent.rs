@@ -127,3 +127,94 @@ impl Drop for TestAgent {
         self.cancel.cancel();
     }
 }
+
+/// The agent as its own process (`msp-agent`, the same code as `gpa run`), for tests that kill it or measure
+/// its memory alone. Killed on drop.
+pub struct AgentProcess {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub listener: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Starts `msp_agent_exe` for `host` with hooks on `cgroup`; `extra` adds or replaces configuration keys.
+    pub async fn spawn(
+        msp_agent_exe: &str,
+        host: &RunningHost,
+        cgroup: &TestCgroup,
+        extra: serde_json::Value,
+    ) -> AgentProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = serde_json::json!({
+            "logFolder": dir.path().join("log"),
+            "eventFolder": dir.path().join("log/events"),
+            "latchKeyFolder": dir.path().join("state/keys"),
+            "pollKeyStatusIntervalInSeconds": 1,
+            "hostCallTimeoutInSeconds": 2,
+            "wireServerEndpoint": host.wireserver.to_string(),
+            "hostGAPluginEndpoint": host.hostga.to_string(),
+            "imdsEndpoint": host.imds.to_string(),
+            "proxyListenAddress": listener.to_string(),
+            "cgroupRoot": cgroup.path,
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let path = dir.path().join("agent.json");
+        std::fs::write(&path, config.to_string()).expect("write config");
+        let child = tokio::process::Command::new(msp_agent_exe)
+            .arg(&path)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn msp-agent");
+        let pid = child.id().expect("pid");
+        AgentProcess {
+            child,
+            pid,
+            listener,
+            dir,
+        }
+    }
+
+    /// Resident memory of the agent process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib_of(&format!("/proc/{}/status", self.pid))
+    }
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` file, in KiB (0 when unreadable).
+pub fn rss_kib_of(status_file: &str) -> u64 {
+    std::fs::read_to_string(status_file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl AgentProcess {
+    /// Waits until `request`, sent to `to` by probes from `make_probe` (placed in the agent's cgroup), is
+    /// answered 200.
+    pub async fn wait_served(
+        &self,
+        make_probe: impl Fn() -> crate::probe::Probe,
+        to: SocketAddr,
+        request: &[u8],
+    ) {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let r = make_probe().tcp(to, request, 3000).await;
+            if r.ok() && r.response_text().starts_with("HTTP/1.1 200") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent never served: {:?}",
+                r.0
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

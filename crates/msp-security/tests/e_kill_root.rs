@@ -11,7 +11,7 @@ use std::time::Duration;
 use gpa::redirect::PIN_ROOT;
 use msp_core::{Endpoint, Mode};
 use msp_host::audit::{AuditQuery, Decision};
-use msp_security::agent::{READY_TIMEOUT, free_port};
+use msp_security::agent::AgentProcess;
 use msp_security::host::{TestHost, VM};
 use msp_security::{TestCgroup, probe, root_ready};
 
@@ -44,46 +44,17 @@ async fn kill_under_load(fail_mode: &str) {
     let pins = Pins(Path::new(PIN_ROOT).join(
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.path).unwrap()).to_string(),
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = serde_json::json!({
-        "logFolder": dir.path().join("log"),
-        "eventFolder": dir.path().join("log/events"),
-        "latchKeyFolder": dir.path().join("state/keys"),
-        "pollKeyStatusIntervalInSeconds": 1,
-        "hostCallTimeoutInSeconds": 2,
-        "wireServerEndpoint": t.host.wireserver.to_string(),
-        "hostGAPluginEndpoint": t.host.hostga.to_string(),
-        "imdsEndpoint": t.host.imds.to_string(),
-        "proxyListenAddress": listen,
-        "cgroupRoot": cgroup.path,
-        "redirectFailMode": fail_mode,
-    });
-    let config_path = dir.path().join("agent.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_msp-agent"))
-        .arg(&config_path)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
+    let mut agent = AgentProcess::spawn(
+        env!("CARGO_BIN_EXE_msp-agent"),
+        &t.host,
+        &cgroup,
+        serde_json::json!({"redirectFailMode": fail_mode}),
+    )
+    .await;
     // Ready: a caller in the cgroup is served (signed) through the agent.
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        let r = probe!()
-            .in_cgroup(&cgroup)
-            .tcp(t.host.imds, &get(&t), 3000)
-            .await;
-        if r.ok() && r.response_text().starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "agent never served: {:?}",
-            r.0
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    agent
+        .wait_served(|| probe!().in_cgroup(&cgroup), t.host.imds, &get(&t))
+        .await;
 
     // Load from the cgroup; SIGKILL the agent in the middle of it.
     let load = tokio::spawn(
@@ -92,8 +63,8 @@ async fn kill_under_load(fail_mode: &str) {
             .load(t.host.imds, &get(&t), 4, 4),
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    agent.start_kill().unwrap();
-    agent.wait().await.unwrap();
+    agent.child.start_kill().unwrap();
+    agent.child.wait().await.unwrap();
     let counts: BTreeMap<String, u64> =
         serde_json::from_value(load.await.unwrap().0["counts"].clone()).unwrap();
     assert!(counts.get("200").copied().unwrap_or(0) > 0, "{counts:?}");

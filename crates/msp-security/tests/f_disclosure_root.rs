@@ -215,7 +215,11 @@ async fn f2_root_control_characters_and_fake_json_in_paths_cmdlines_and_urls_com
     let ctrl = "/metadata/instance?api-version=2021-02-01&x=%0A%7B%22forged%22%3A1%7D";
     let r = probe!()
         .in_cgroup(&agent.cgroup)
-        .tcp(t.host.imds, &request("GET", ctrl, t.host.imds, &[], b""), 8000)
+        .tcp(
+            t.host.imds,
+            &request("GET", ctrl, t.host.imds, &[], b""),
+            8000,
+        )
         .await;
     r.response().assert_refusal(400, "CANON_CTRL");
 

@@ -1,21 +1,18 @@
-//! Catalog A3 and A10 at the catalog's scale, through the whole agent: a barrage of malformed requests gets
-//! exact refusals while the agent stays alive with bounded memory, and 1,000 slowloris connections are each
-//! closed at the header timeout while legitimate callers keep being served. The per-request shapes (exact 405,
-//! 400, 414, 408) are also `gpa`'s conf_074_a3_a4_* and conf_078_a10_* tests.
+//! Catalog A3 at scale, through the whole agent: a barrage of malformed requests gets exact refusals while the
+//! agent stays alive with bounded memory (its own test binary, so no other test shares the process while it
+//! measures). The per-request shapes (exact 405, 400, 414, 408) are also `gpa`'s conf_074_a3_a4_* tests.
 #![cfg(target_os = "linux")]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use msp_core::{Endpoint, Mode};
 use msp_security::agent::TestAgent;
 use msp_security::host::TestHost;
-use msp_security::http::{HttpResponse, exchange, read_until_close};
+use msp_security::http::{exchange, read_until_close};
 use msp_security::{probe, root_ready};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Slowloris connections held at once (catalog A10).
-const SLOWLORIS: usize = 1_000;
 /// Rounds of the malformed barrage (each round sends every malformed kind once).
 const BARRAGE_ROUNDS: usize = 100;
 /// Memory the barrage may leave behind, in KiB: nothing per request survives it.
@@ -117,57 +114,5 @@ async fn a3_root_a_malformed_barrage_gets_exact_refusals_and_the_agent_stays_ali
         "RSS grew {grown} KiB over the barrage"
     );
     assert!(served(&agent, &t).await, "the agent still serves");
-    agent.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a10_root_1000_slowloris_connections_are_closed_at_the_header_timeout_while_others_are_served()
- {
-    if !root_ready(
-        "a10_root_1000_slowloris_connections_are_closed_at_the_header_timeout_while_others_are_served",
-    ) {
-        return;
-    }
-    let t = TestHost::start().await;
-    t.set_mode(Endpoint::Imds, Mode::Enforce).await;
-    let agent = TestAgent::start("a10", &t.host, |c| c.request_header_timeout_in_seconds = 2).await;
-    agent.ready().await;
-    let to = agent.listener();
-
-    let started = Instant::now();
-    let mut slow = Vec::with_capacity(SLOWLORIS);
-    for _ in 0..SLOWLORIS {
-        let mut s = TcpStream::connect(to).await.unwrap();
-        s.write_all(b"GET /metadata/instance HTTP/1.1\r\nX-a: ")
-            .await
-            .unwrap();
-        slow.push(s);
-    }
-    // Keep dribbling a byte on each while legitimate callers are served.
-    for s in &mut slow {
-        let _ = s.write_all(b"b").await;
-    }
-    assert!(served(&agent, &t).await, "served during the attack");
-    for s in &mut slow {
-        let _ = s.write_all(b"c").await;
-    }
-    assert!(served(&agent, &t).await, "served during the attack");
-
-    // Each is answered 408 and closed, at the header timeout (from accept), not later.
-    let mut answered = 0;
-    for s in &mut slow {
-        let r = read_until_close(s, Duration::from_secs(10)).await;
-        assert!(r.closed, "closed");
-        let resp = HttpResponse::parse(&r.bytes).expect("a 408");
-        resp.assert_refusal(408, "HEADER_TIMEOUT");
-        answered += 1;
-    }
-    assert_eq!(answered, SLOWLORIS);
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(10),
-        "closed at the header timeout, not later: {elapsed:?}"
-    );
-    assert!(served(&agent, &t).await, "served after the attack");
     agent.stop().await;
 }
