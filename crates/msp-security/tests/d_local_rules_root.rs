@@ -108,7 +108,8 @@ async fn d4_d6_d7_root_bad_or_unsafe_local_rules_fail_closed_or_are_ignored_and_
     // Back to valid, then D6: each unsafe variant of the same valid file is ignored (host item: deny), and
     // the status says why.
     let valid = dir.join("valid.json");
-    let unsafe_cases: [(&str, Box<dyn Fn()>); 3] = [
+    type Plant<'a> = Box<dyn Fn() + 'a>;
+    let unsafe_cases: [(&str, Plant<'_>); 3] = [
         (
             "symlink",
             Box::new(|| {
