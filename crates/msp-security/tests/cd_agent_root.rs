@@ -119,8 +119,8 @@ async fn d5_root_a_rules_reload_mid_request_leaves_it_decided_under_the_rules_it
         .await;
     let imds = t.host.imds;
 
-    // A request whose head arrives under the allowing rules and whose body then trickles in for ~4 s.
-    let body = b"0123456789abcdef0123";
+    // A request whose head arrives under the allowing rules and whose body then trickles in for ~8 s.
+    let body = b"0123456789abcdef0123456789abcdef01234567";
     let head = format!(
         "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: {imds}\r\nMetadata: true\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -146,6 +146,10 @@ async fn d5_root_a_rules_reload_mid_request_leaves_it_decided_under_the_rules_it
                 .is_some_and(|i| i.id() == "imds-d5-v2")
         })
         .await;
+    assert!(
+        !slow.is_finished(),
+        "the reload must land while the request is in flight"
+    );
 
     // The in-flight request completes under the rules it was decided with: allowed, signed, served.
     let r = slow.await.unwrap().response();
