@@ -227,9 +227,13 @@ impl Demo {
         Ok(self.admin.vm_view(DEV_VM).await?)
     }
 
-    /// The instance view the agent last reported to the host (spec §9.3).
-    pub(crate) async fn instance_view(&self) -> Option<ProxyAgentStatus> {
+    /// The instance view the agent last reported to the host (spec §9.3), if received at or after `since_ms`
+    /// (unix milliseconds).
+    pub(crate) async fn instance_view(&self, since_ms: u64) -> Option<ProxyAgentStatus> {
         let view = self.vm().await.ok()?.instance_view?;
+        if view.received_ms < since_ms {
+            return None;
+        }
         serde_json::from_value(view.proxy_agent_status).ok()
     }
 

@@ -70,16 +70,38 @@ async fn wait_view(
     what: &str,
     ok: impl Fn(&ProxyAgentStatus) -> bool,
 ) -> Result<ProxyAgentStatus, HarnessError> {
+    wait_view_since(demo, what, 0, ok).await
+}
+
+/// [`wait_view`] counting only reports received at or after `since_ms`.
+async fn wait_view_since(
+    demo: &Demo,
+    what: &str,
+    since_ms: u64,
+    ok: impl Fn(&ProxyAgentStatus) -> bool,
+) -> Result<ProxyAgentStatus, HarnessError> {
     let deadline = tokio::time::Instant::now() + STATE_TIMEOUT;
+    let mut last = None;
     loop {
-        if let Some(view) = demo.instance_view().await
-            && ok(&view)
-        {
-            return Ok(view);
+        if let Some(view) = demo.instance_view(since_ms).await {
+            if ok(&view) {
+                return Ok(view);
+            }
+            last = Some(view);
         }
         if tokio::time::Instant::now() >= deadline {
+            let seen = last.map_or_else(
+                || "no instance view yet".to_owned(),
+                |v| {
+                    format!(
+                        "last instance view: {}, key latch \"{}\"",
+                        overall_word(v.status),
+                        v.key_latch_status.message
+                    )
+                },
+            );
             return Err(HarnessError::Timeout {
-                what: what.to_owned(),
+                what: format!("{what} ({seen})"),
                 after: STATE_TIMEOUT,
             });
         }
@@ -434,30 +456,30 @@ async fn agent_down(demo: &mut Demo, n: &mut Narrator, guid: &str) -> Result<(),
             r.status == Some(401),
         );
     }
+    let restarted_ms = msp_host::audit::now_ms();
     let agent = AgentProcess::start(&demo.agent_spec)?;
     let pid = agent.pid();
     demo.agent = Some(agent);
-    let view = wait_view(demo, "the restarted agent's report", |v| {
-        v.key_latch_status
-            .message
-            .starts_with("Found key details from local")
-            && v.status == OverallState::Success
+    let view = wait_view_since(demo, "the restarted agent's report", restarted_ms, |v| {
+        v.status == OverallState::Success
     })
     .await;
+    let host_guid = demo.vm().await?.key.latched_guid.unwrap_or_default();
     n.check(
         "agent restarted",
-        "uses its stored key (no new latch)",
+        "SUCCESS with its stored key (no new latch)",
         view.as_ref().map_or_else(
             |e| e.to_string(),
             |v| {
                 format!(
-                    "pid {pid}: \"{}\", key {}",
-                    v.key_latch_status.message,
-                    short(&latch_state(v, state_keys::KEY_GUID))
+                    "pid {pid}: {}, key {} (host: {})",
+                    overall_word(v.status),
+                    short(&latch_state(v, state_keys::KEY_GUID)),
+                    short(&host_guid)
                 )
             },
         ),
-        view.is_ok_and(|v| latch_state(&v, state_keys::KEY_GUID) == guid),
+        view.is_ok_and(|v| latch_state(&v, state_keys::KEY_GUID) == guid) && host_guid == guid,
     );
     let r = demo.fetch(RunAs::ROOT, true, TOKEN).await?;
     let a = demo.last_imds_audit().await;

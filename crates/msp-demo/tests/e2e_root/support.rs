@@ -58,10 +58,33 @@ pub(crate) async fn view_until(
     what: &str,
     ok: impl Fn(&ProxyAgentStatus) -> bool,
 ) -> ProxyAgentStatus {
-    let deadline = tokio::time::Instant::now() + STATE_TIMEOUT;
+    view_until_within(host, vm, what, STATE_TIMEOUT, ok).await
+}
+
+/// [`view_until`] with another bound.
+pub(crate) async fn view_until_within(
+    host: &NsHost,
+    vm: &str,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&ProxyAgentStatus) -> bool,
+) -> ProxyAgentStatus {
+    view_since(host, vm, what, 0, limit, ok).await
+}
+
+/// [`view_until_within`], counting only reports the host received at or after `since_ms` (unix ms).
+pub(crate) async fn view_since(
+    host: &NsHost,
+    vm: &str,
+    what: &str,
+    since_ms: u64,
+    limit: Duration,
+    ok: impl Fn(&ProxyAgentStatus) -> bool,
+) -> ProxyAgentStatus {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut last = None;
     loop {
-        if let Some(v) = instance_view(host, vm).await {
+        if let Some(v) = instance_view(host, vm, since_ms).await {
             if ok(&v) {
                 return v;
             }
@@ -69,15 +92,24 @@ pub(crate) async fn view_until(
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {STATE_TIMEOUT:?} waiting for {what}; last instance view of {vm}: {last:#?}"
+            "timed out after {limit:?} waiting for {what}; last instance view of {vm}: {last:#?}"
         );
         tokio::time::sleep(wait::POLL_EVERY).await;
     }
 }
 
-/// The instance view of `vm` now, if the agent has reported one.
-pub(crate) async fn instance_view(host: &NsHost, vm: &str) -> Option<ProxyAgentStatus> {
-    let view = host.vm_view(vm).await.expect("GET VM").instance_view?;
+/// The instance view of `vm` now, if the agent has reported one at or after `since_ms`.
+pub(crate) async fn instance_view(
+    host: &NsHost,
+    vm: &str,
+    since_ms: u64,
+) -> Option<ProxyAgentStatus> {
+    let view = host
+        .vm_view(vm)
+        .await
+        .expect("GET VM")
+        .instance_view
+        .filter(|v| v.received_ms >= since_ms)?;
     serde_json::from_value(view.proxy_agent_status).ok()
 }
 
