@@ -11,6 +11,7 @@
 mod allowlist;
 mod default_closed;
 mod enablement;
+mod harness;
 mod health;
 mod keys;
 mod provisioning;
