@@ -3,21 +3,14 @@
 //!
 //! It runs as its own process (`msp-demo fetch`), launched into the intercepted cgroup or outside it, as root
 //! or as an unprivileged user, so the kernel attributes the connection to it. Only IP-literal `http://` URLs
-//! are accepted: the harness points it at loopback or at addresses inside a namespace it created. Bodies are
-//! bounded; every socket operation has a timeout.
+//! are accepted: the harness points it at loopback or at addresses inside a namespace it created. The exchange
+//! is `msp_host::client`'s (bounded body, one timeout over the whole exchange).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
+use msp_host::client::{self, Request, Response};
 use serde::{Deserialize, Serialize};
 
-/// Connect timeout of one request.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read/write timeout of one request.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest response read, in bytes.
-pub const MAX_RESPONSE: u64 = 1024 * 1024;
 /// Characters of the body kept in the report.
 pub const BODY_PREVIEW: usize = 160;
 /// The response marker the agent adds to relayed responses (spec §3.6).
@@ -97,33 +90,39 @@ fn host_header(addr: SocketAddr) -> String {
     }
 }
 
-/// Sends one `GET` with `Metadata: true` and reads the whole response (connection closed by us).
-pub fn get(addr: SocketAddr, target: &str) -> FetchResult {
-    let mut stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => return FetchResult::failed(e),
-    };
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {}\r\nMetadata: true\r\nConnection: close\r\n\r\n",
-        host_header(addr)
-    );
-    let sent = stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-        .and_then(|()| stream.write_all(request.as_bytes()));
-    if let Err(e) = sent {
-        return FetchResult::failed(e);
+/// Sends one `GET` with `Metadata: true` on a new connection and reads the whole response.
+pub async fn get(addr: SocketAddr, target: &str) -> FetchResult {
+    let request = Request::new("GET", target)
+        .header("Host", &host_header(addr))
+        .header("Metadata", "true")
+        .header("Connection", "close");
+    match client::send(addr, None, &request).await {
+        Ok(response) => FetchResult::from(&response),
+        Err(e) => FetchResult::failed(e),
     }
-    let mut raw = Vec::new();
-    if let Err(e) = (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw)
-        && raw.is_empty()
-    {
-        return FetchResult::failed(e);
-    }
-    parse_response(&raw)
 }
 
-/// Parses a response head (and body) as received, or as `curl -D -` prints it.
+fn preview(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(BODY_PREVIEW)
+        .collect()
+}
+
+impl From<&Response> for FetchResult {
+    fn from(r: &Response) -> FetchResult {
+        FetchResult {
+            status: Some(r.status),
+            reason: r.header(REASON_HEADER).map(str::to_owned),
+            via_agent: r.header(MARKER_HEADER).is_some(),
+            body: preview(&r.body),
+            error: None,
+        }
+    }
+}
+
+/// Parses a response head as `curl -D -` prints it.
 pub fn parse_response(raw: &[u8]) -> FetchResult {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
@@ -139,17 +138,11 @@ pub fn parse_response(raw: &[u8]) -> FetchResult {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
     };
-    let body = raw.get(body_start..).unwrap_or_default();
-    let body: String = String::from_utf8_lossy(body)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(BODY_PREVIEW)
-        .collect();
     FetchResult {
         status: response.code,
         reason: header(REASON_HEADER),
         via_agent: header(MARKER_HEADER).is_some(),
-        body,
+        body: preview(raw.get(body_start..).unwrap_or_default()),
         error: None,
     }
 }

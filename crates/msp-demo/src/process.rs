@@ -187,11 +187,8 @@ impl Launcher {
         count: u32,
         interval: Duration,
     ) -> Result<Vec<FetchResult>, HarnessError> {
-        let mut argv: Vec<OsString> = vec![
-            self.workload_exe.clone().into(),
-            "fetch".into(),
-            url.into(),
-        ];
+        let mut argv: Vec<OsString> =
+            vec![self.workload_exe.clone().into(), "fetch".into(), url.into()];
         if count != 1 {
             // After the URL, so a summary's four command-line words still name what was fetched.
             argv.extend([

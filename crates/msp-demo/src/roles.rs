@@ -115,12 +115,16 @@ pub fn fetch(url: &str, count: u32, interval: Duration) -> Result<(), HarnessErr
         program: "fetch".into(),
         message: e.to_string(),
     })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| HarnessError::io("start the runtime for", "fetch", e))?;
     let mut out = std::io::stdout().lock();
     for i in 0..count {
         if i > 0 {
             std::thread::sleep(interval);
         }
-        let result = fetch::get(addr, &target);
+        let result = runtime.block_on(fetch::get(addr, &target));
         let line = serde_json::to_string(&result).unwrap_or_default();
         writeln!(out, "{line}")
             .and_then(|()| out.flush())
