@@ -27,6 +27,10 @@ struct Cli {
     /// Print machine-readable results (one JSON document) instead of the narration.
     #[arg(long)]
     json: bool,
+    /// Run the demo inside this network namespace (`/run/netns/<name>`), whose loopback it then uses; the
+    /// end-to-end suite runs the demo this way so it cannot collide with anything on the machine's loopback.
+    #[arg(long, hide = true)]
+    netns: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -99,6 +103,12 @@ fn main() -> ExitCode {
             }
         },
         None => {
+            if let Some(ns) = &cli.netns
+                && let Err(e) = msp_demo::netns::enter(ns)
+            {
+                eprintln!("msp-demo: {e}");
+                return ExitCode::from(4);
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

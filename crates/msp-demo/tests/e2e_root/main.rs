@@ -10,6 +10,7 @@
 
 mod allowlist;
 mod default_closed;
+mod demo;
 mod enablement;
 mod harness;
 mod health;
