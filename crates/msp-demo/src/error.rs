@@ -40,6 +40,10 @@ pub enum HarnessError {
     Workload { program: String, message: String },
     #[error("{what}: {message}")]
     Decode { what: String, message: String },
+    #[error("{what} failed: {message}")]
+    Task { what: &'static str, message: String },
+    #[error("at most {max} VMs fit the fabric's address plan, {requested} requested")]
+    TooManyVms { requested: usize, max: usize },
     #[error("interrupted")]
     Interrupted,
 }

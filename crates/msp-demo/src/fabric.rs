@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use msp_host::audit::{AuditQuery, AuditRecord};
+use msp_host::cidr::Cidr;
 use msp_host::vm::VmView;
 use msp_host::vm::settings::ProxyAgentSettings;
 use msp_host::{AdminClient, AdminError, Host, HostConfig, ProfileInfo, RunningHost, VmConfig};
@@ -295,10 +296,12 @@ impl Fabric {
         let mut vms = Vec::with_capacity(specs.len());
         let mut vm_configs = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let n = u8::try_from(i + 1).map_err(|_| HarnessError::Decode {
-                what: "fabric".into(),
-                message: "at most 254 VMs".into(),
-            })?;
+            let n = u8::try_from(i + 1).ok().filter(|n| *n < u8::MAX).ok_or(
+                HarnessError::TooManyVms {
+                    requested: specs.len(),
+                    max: usize::from(u8::MAX - 1),
+                },
+            )?;
             let ns = NetNs::create("v")?;
             let host_if = format!("vm{n}");
             host_ns.veth(&host_if, &ns, "eth0")?;
@@ -309,9 +312,11 @@ impl Fabric {
             let vm_dir = dir.path().join(spec.name);
             vm_configs.push(VmConfig {
                 name: spec.name.to_owned(),
-                addresses: vec![addr.to_string().parse().map_err(|_| HarnessError::Decode {
-                    what: "VM address".into(),
-                    message: addr.to_string(),
+                addresses: vec![addr.to_string().parse::<Cidr>().map_err(|e| {
+                    HarnessError::Decode {
+                        what: "VM address".into(),
+                        message: e.to_string(),
+                    }
                 })?],
                 settings: spec.settings.clone(),
             });

@@ -141,8 +141,8 @@ impl NsRuntime {
                 program: "netns runtime thread".into(),
                 source,
             })?;
-        let handle = ready_rx.recv().map_err(|_| HarnessError::Decode {
-            what: "netns runtime thread".into(),
+        let handle = ready_rx.recv().map_err(|_| HarnessError::Task {
+            what: "the network-namespace runtime thread",
             message: "exited before starting".into(),
         })??;
         Ok(NsRuntime {
@@ -161,8 +161,8 @@ impl NsRuntime {
         self.handle
             .spawn(fut)
             .await
-            .map_err(|e| HarnessError::Decode {
-                what: "a task in a network namespace".into(),
+            .map_err(|e| HarnessError::Task {
+                what: "a task in a network namespace",
                 message: e.to_string(),
             })
     }
