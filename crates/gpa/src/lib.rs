@@ -8,6 +8,7 @@ pub mod identity;
 pub mod keykeeper;
 pub mod lifecycle;
 pub mod logfile;
+pub mod proxy;
 pub mod redirect;
 pub mod snapshot;
 pub mod status;

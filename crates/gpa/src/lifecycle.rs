@@ -6,8 +6,9 @@
 //! is tracked and stops on one `CancellationToken`; SIGTERM/SIGINT drain and exit, and dropping the redirector
 //! detaches everything (`redirectFailMode: open`).
 //!
-//! The redirector and the proxy plug in through [`Parts`]: `gpa::redirect` and `gpa::proxy` land separately,
-//! and their wiring is the two lines in [`Parts::default`]. This module must never spawn an untracked task.
+//! The redirector and the proxy plug in through [`Parts`]; [`Parts::default`] wires the eBPF redirector (its
+//! records feed the proxy's attribution) and `gpa::proxy::serve`, and tests swap either. An orderly stop
+//! detaches and unpins the redirector (spec §7.5). This module must never spawn an untracked task.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct ProxyContext {
     pub config: Arc<Config>,
     /// Bound to `proxyListenAddress` (loopback only, spec §1.2).
     pub listener: TcpListener,
+    /// Bound to `[::1]` at the same port when an endpoint is configured with a native IPv6 address (spec §7.1).
+    pub listener_v6: Option<TcpListener>,
     /// Read one snapshot per request (see `crate::snapshot`).
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// `record(kind, &RequestRecord)` for every finished request; `board.count_request()`; `document()` for
@@ -70,9 +73,24 @@ pub struct ProxyContext {
     pub cancel: CancellationToken,
 }
 
-/// Starts the redirector: skip table first, then the hooks; returns its policy side.
+/// A started redirector as the agent sees it: the policy side (key keeper, provisioning) and the orderly stop.
+pub trait RedirectorHandle: PolicySink {
+    /// The orderly stop of spec §7.5: detach and unpin everything. Default: nothing to stop.
+    fn stop(&self) -> Result<(), PolicyError> {
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl RedirectorHandle for crate::redirect::Redirector {
+    fn stop(&self) -> Result<(), PolicyError> {
+        crate::redirect::Redirector::stop(self).map_err(Into::into)
+    }
+}
+
+/// Starts the redirector: skip table first, then the hooks.
 pub type StartRedirector =
-    Box<dyn Fn(&Config) -> Result<Arc<dyn PolicySink>, PolicyError> + Send + Sync>;
+    Box<dyn Fn(&Config) -> Result<Arc<dyn RedirectorHandle>, PolicyError> + Send + Sync>;
 /// Serves the proxy until `ctx.cancel`.
 pub type ServeProxy =
     Box<dyn FnOnce(ProxyContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -84,21 +102,47 @@ pub struct Parts {
 }
 
 impl Default for Parts {
-    /// TODO(merge): `start_redirector` → `gpa::redirect::Redirector::start`, `serve_proxy` → `gpa::proxy::serve`.
+    /// The eBPF redirector of `gpa::redirect` and the proxy of `gpa::proxy`, sharing the redirector so the
+    /// proxy can take each connection's attribution record (spec §7.3).
     fn default() -> Self {
-        Parts {
-            start_redirector: Box::new(|_| {
-                Err("the eBPF redirector is not part of this build".into())
-            }),
-            serve_proxy: Box::new(|ctx| Box::pin(proxy_not_built(ctx))),
-        }
+        kernel_parts()
     }
 }
 
-/// Until `gpa::proxy` lands: holds the bound listener without serving, and says so.
-async fn proxy_not_built(ctx: ProxyContext) {
-    tracing::error!(listener = %ctx.config.proxy_listen_address, "the proxy is not part of this build");
-    ctx.cancel.cancelled().await;
+#[cfg(target_os = "linux")]
+fn kernel_parts() -> Parts {
+    use crate::proxy::{Attributor, KernelAttributor, NoRecords};
+    use crate::redirect::{RedirectConfig, Redirector};
+    let started: Arc<std::sync::OnceLock<Arc<Redirector>>> = Arc::default();
+    let for_proxy = started.clone();
+    Parts {
+        start_redirector: Box::new(move |config| {
+            let redirector = Arc::new(Redirector::start(RedirectConfig::from_agent_config(
+                config,
+            ))?);
+            // Only a successful start sets it, and the lifecycle starts at most one.
+            let _ = started.set(redirector.clone());
+            Ok(redirector as Arc<dyn RedirectorHandle>)
+        }),
+        serve_proxy: Box::new(move |ctx| {
+            let attributor: Arc<dyn Attributor> = match for_proxy.get() {
+                Some(redirector) => Arc::new(KernelAttributor::new(redirector.clone())),
+                // No redirector: every connection is direct and gets 421 (spec §8.2 step 7).
+                None => Arc::new(NoRecords),
+            };
+            Box::pin(crate::proxy::serve(ctx, attributor))
+        }),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_parts() -> Parts {
+    Parts {
+        start_redirector: Box::new(|_| Err("the eBPF redirector needs Linux".into())),
+        serve_proxy: Box::new(|ctx| {
+            Box::pin(crate::proxy::serve(ctx, Arc::new(crate::proxy::NoRecords)))
+        }),
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -139,8 +183,8 @@ pub async fn run_with(config: Config, parts: Parts, events: EventSink, cancel: C
 /// The running agent: its task tracker and the objects that must outlive the tasks.
 pub struct Agent {
     tracker: TaskTracker,
-    /// Dropping it detaches the hooks (`redirectFailMode: open`).
-    redirector: Option<Arc<dyn PolicySink>>,
+    /// Stopped on the orderly stop; dropped without a stop (a crash) it detaches in `open` mode only.
+    redirector: Option<Arc<dyn RedirectorHandle>>,
     pub board: Arc<StatusBoard>,
     pub provisioning: Arc<Provisioning>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -198,7 +242,7 @@ impl Agent {
 
         let redirector = start_redirector(&parts.start_redirector, &config, &board).await;
         let policy: Arc<dyn PolicySink> = match &redirector {
-            Some(r) => r.clone(),
+            Some(r) => r.clone() as Arc<dyn PolicySink>,
             None => Arc::new(NoRedirector),
         };
         let (start_tx, mut start_rx) = watch::channel(false);
@@ -217,7 +261,15 @@ impl Agent {
         }
 
         let listener = bind_listener(config.proxy_listen_address, &board, &cancel).await;
-        if listener.is_some() {
+        let listener_v6 = match &listener {
+            // On failure the board says why and the flag stays unset.
+            Some(v4) if needs_v6_listener(&config) => {
+                bind_v6_listener(v4, &board, &cancel).await.map(Some)
+            }
+            Some(_) => Some(None),
+            None => None,
+        };
+        if listener.is_some() && listener_v6.is_some() {
             provisioning.set_flag(LISTENER_READY);
         }
 
@@ -271,6 +323,7 @@ impl Agent {
             let ctx = ProxyContext {
                 config: config.clone(),
                 listener,
+                listener_v6: listener_v6.flatten(),
                 snapshots: snapshots.clone(),
                 status: hub,
                 provisioning: provisioning.clone(),
@@ -291,7 +344,8 @@ impl Agent {
         }
     }
 
-    /// Waits for every task to finish (after cancellation), then detaches the redirector.
+    /// Waits for every task to finish (after cancellation), then stops the redirector: the orderly stop of
+    /// spec §7.5 detaches and unpins everything.
     pub async fn stop(self) {
         if tokio::time::timeout(DRAIN_TIMEOUT, self.tracker.wait())
             .await
@@ -299,7 +353,11 @@ impl Agent {
         {
             tracing::warn!("tasks did not finish within {DRAIN_TIMEOUT:?}; exiting anyway");
         }
-        drop(self.redirector);
+        if let Some(redirector) = self.redirector
+            && let Err(e) = redirector.stop()
+        {
+            tracing::error!(error = %e, "stopping the redirector failed");
+        }
         tracing::info!("agent stopped");
     }
 }
@@ -344,7 +402,7 @@ async fn start_redirector(
     start: &StartRedirector,
     config: &Config,
     board: &StatusBoard,
-) -> Option<Arc<dyn PolicySink>> {
+) -> Option<Arc<dyn RedirectorHandle>> {
     let mut last = String::new();
     for attempt in 1..=REDIRECTOR_ATTEMPTS {
         match start(config) {
@@ -376,27 +434,68 @@ async fn start_redirector(
     None
 }
 
-/// Binds the listener with the retry rule of spec §1.2: up to 5 sleeps of 1 s after "address in use", then a
-/// final attempt; any other error fails at once. On failure the listener module is `STOPPED` with the error.
-pub async fn bind_listener(
-    addr: SocketAddr,
+/// Whether an endpoint is configured with a native IPv6 address: the agent then also listens on `[::1]` (spec
+/// §1.2, §7.1). IPv4-mapped addresses reach the IPv4 listener.
+fn needs_v6_listener(config: &Config) -> bool {
+    let endpoints = config.endpoints();
+    [endpoints.wireserver, endpoints.hostga, endpoints.imds]
+        .iter()
+        .any(|a| matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none()))
+}
+
+/// Binds `[::1]` at the IPv4 listener's port, with the same retry rule; on failure the listener module is
+/// `STOPPED` with the error.
+async fn bind_v6_listener(
+    v4: &TcpListener,
     board: &StatusBoard,
     cancel: &CancellationToken,
 ) -> Option<TcpListener> {
+    let port = v4.local_addr().map(|a| a.port()).unwrap_or(0);
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    match bind_with_retry(addr, cancel).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot bind the IPv6 proxy listener");
+            board.set(
+                Module::Listener,
+                ModuleState::Stopped,
+                format!("Failed to bind {addr}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The bind retry rule of spec §1.2: up to 5 sleeps of 1 s after "address in use", then a final attempt; any
+/// other error fails at once.
+async fn bind_with_retry(
+    addr: SocketAddr,
+    cancel: &CancellationToken,
+) -> std::io::Result<TcpListener> {
     let mut retries = 0;
-    let result = loop {
+    loop {
         match TcpListener::bind(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && retries < BIND_RETRIES => {
                 retries += 1;
                 tracing::warn!(%addr, retries, "listener address in use; retrying");
                 tokio::select! {
-                    () = cancel.cancelled() => break Err(e),
+                    () = cancel.cancelled() => return Err(e),
                     () = tokio::time::sleep(BIND_RETRY) => {}
                 }
             }
-            other => break other,
+            other => return other,
         }
-    };
+    }
+}
+
+/// Binds the listener with the retry rule of spec §1.2. On failure the listener module is `STOPPED` with the
+/// error.
+pub async fn bind_listener(
+    addr: SocketAddr,
+    board: &StatusBoard,
+    cancel: &CancellationToken,
+) -> Option<TcpListener> {
+    let result = bind_with_retry(addr, cancel).await;
     match result {
         Ok(listener) => {
             board.set(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gpa::config::Config;
 use gpa::keykeeper::{PolicyError, PolicySink};
-use gpa::lifecycle::{Agent, Parts, bind_listener};
+use gpa::lifecycle::{Agent, Parts, RedirectorHandle, bind_listener};
 use gpa::status::{Module, StatusBoard};
 use gpa::telemetry::EventSink;
 use msp_core::status::ModuleState;
@@ -27,6 +27,8 @@ impl PolicySink for RecordingPolicy {
         Ok(())
     }
 }
+
+impl RedirectorHandle for RecordingPolicy {}
 
 impl RecordingPolicy {
     fn last(&self) -> Option<Vec<SocketAddr>> {
@@ -61,7 +63,7 @@ impl Running {
         let policy = Arc::new(RecordingPolicy::default());
         let sink = policy.clone();
         let parts = Parts {
-            start_redirector: Box::new(move |_| Ok(sink.clone() as Arc<dyn PolicySink>)),
+            start_redirector: Box::new(move |_| Ok(sink.clone() as Arc<dyn RedirectorHandle>)),
             serve_proxy: Box::new(|ctx| Box::pin(async move { ctx.cancel.cancelled().await })),
         };
         let cancel = CancellationToken::new();

@@ -1,0 +1,383 @@
+//! One downstream connection (spec §8.1, §8.4): attribution at accept, then requests one after another, each
+//! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
+//!
+//! Buffers live as long as the connection and are reused by each request; the connection's claims are built
+//! once (spec §6). Every request is counted, recorded in the summaries and logged once, on the
+//! `gpa::connection` target, without query strings, claims values or key material. This module must never
+//! read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the proxy
+//! generated itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use msp_core::canon::Destination;
+use msp_core::{Claims, Reason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::decide::{Caller, Verdict, decide};
+use super::forward::Outcome;
+use super::head::{self, HeadError, RequestHead, Version};
+use super::limits::{INITIAL_BUFFER, KEEP_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
+use super::relay::Upstream;
+use super::response;
+use super::{Attribution, Shared};
+use crate::logfile::CONNECTION_TARGET;
+use crate::status::{RequestRecord, SummaryKind};
+
+/// The status recorded in the summaries for a request whose client went away before any response (nginx's
+/// "client closed request"); nothing is sent.
+const CLIENT_GONE: u16 = 499;
+
+/// The state of one downstream connection.
+pub(super) struct Conn {
+    pub(super) shared: Arc<Shared>,
+    pub(super) client: TcpStream,
+    pub(super) local: SocketAddr,
+    pub(super) caller: Caller,
+    /// Bytes read and not yet used: the next head, or the current request's body.
+    pub(super) rbuf: BytesMut,
+    /// The current request's head, copied out of `rbuf` so the body can be consumed independently.
+    pub(super) head_buf: Vec<u8>,
+    pub(super) head: RequestHead,
+    /// The decoded body of a chunked request.
+    pub(super) body: Vec<u8>,
+    /// The bytes going upstream.
+    pub(super) send: Vec<u8>,
+    /// The bytes going to the client.
+    pub(super) out: Vec<u8>,
+    pub(super) upstream: Option<Upstream>,
+    /// A write to the client failed: nobody is reading any more.
+    client_gone: bool,
+    cancel: CancellationToken,
+}
+
+/// How waiting for a request head ended.
+enum HeadRead {
+    /// A complete head of this many bytes is at the start of `rbuf`.
+    Ready(usize),
+    /// Refuse with this error, then close.
+    Refuse(HeadError),
+    /// The head did not complete in time after bytes arrived: 408.
+    TimedOut,
+    /// Close without answering: the client closed, went idle, or the agent is stopping.
+    Close,
+}
+
+/// Serves one accepted connection to its end.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    cancel: CancellationToken,
+) {
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().unwrap_or(shared.listen);
+    // spec §7.3, §6: take the record and build the claims once, off the reactor (/proc and NSS may block).
+    let attributor = shared.attributor.clone();
+    let attribution = tokio::task::spawn_blocking(move || attributor.attribute(peer))
+        .await
+        .unwrap_or(Attribution::Direct);
+    let caller = caller(attribution, peer, local, &shared);
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        pid = caller.claims.process_id,
+        uid = caller.claims.user_id,
+        exe = %caller.claims.process_full_path,
+        dst = %caller.destination,
+    );
+    let conn = Conn {
+        shared,
+        client,
+        local,
+        caller,
+        rbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+        head_buf: Vec::new(),
+        head: RequestHead::default(),
+        body: Vec::new(),
+        send: Vec::new(),
+        out: Vec::new(),
+        upstream: None,
+        client_gone: false,
+        cancel,
+    };
+    conn.run(accepted_at).instrument(span).await;
+}
+
+fn caller(
+    attribution: Attribution,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: &Shared,
+) -> Caller {
+    let empty = || Claims::empty(peer.ip().to_string(), peer.port());
+    match attribution {
+        Attribution::Direct => Caller {
+            original_dst: None,
+            destination: Destination::Unknown(local.to_string()),
+            dest_is_listener: true,
+            claims: empty(),
+            stale: None,
+        },
+        Attribution::Redirected {
+            original_dst,
+            identity,
+        } => {
+            let destination = Destination::of_addr(original_dst, &shared.endpoints);
+            let dest_is_listener = original_dst == local || original_dst == shared.listen;
+            let (claims, stale) = match identity {
+                Ok(claims) => (claims, None),
+                Err(e) => (empty(), Some(e.to_string())),
+            };
+            Caller {
+                original_dst: Some(original_dst),
+                destination,
+                dest_is_listener,
+                claims,
+                stale,
+            }
+        }
+    }
+}
+
+impl Conn {
+    async fn run(mut self, accepted_at: Instant) {
+        let mut first = true;
+        loop {
+            let head_len = match self.read_head(first.then_some(accepted_at)).await {
+                HeadRead::Ready(n) => n,
+                HeadRead::Refuse(e) => return self.refuse_unparsed(e.reason()).await,
+                HeadRead::TimedOut => return self.refuse_unparsed(Reason::HeaderTimeout).await,
+                HeadRead::Close => return,
+            };
+            first = false;
+            self.head_buf.clear();
+            self.head_buf
+                .extend_from_slice(self.rbuf.get(..head_len).unwrap_or_default());
+            self.rbuf.advance(head_len);
+            if let Err(e) = head::parse_into(&self.head_buf, &mut self.head) {
+                return self.refuse_unparsed(e.reason()).await;
+            }
+            if !self.request().await || self.cancel.is_cancelled() {
+                return self.close().await;
+            }
+            self.trim_buffers();
+        }
+    }
+
+    /// Waits for a complete head (spec §8.4): from `accepted_at` for the first request, from its first byte for
+    /// later ones, after at most the idle timeout of silence.
+    async fn read_head(&mut self, accepted_at: Option<Instant>) -> HeadRead {
+        let t = self.shared.timeouts;
+        let idle_deadline = Instant::now() + t.idle;
+        let mut head_deadline = accepted_at.map(|at| at + t.head);
+        let mut scanned = 0;
+        loop {
+            if !self.rbuf.is_empty() {
+                head_deadline.get_or_insert_with(|| Instant::now() + t.head);
+                if let Some(end) = head::find_end(&self.rbuf, scanned) {
+                    return HeadRead::Ready(end);
+                }
+                scanned = self.rbuf.len();
+                if let Err(e) = head::check_partial(&self.rbuf) {
+                    return HeadRead::Refuse(e);
+                }
+            }
+            let deadline = head_deadline.unwrap_or(idle_deadline);
+            if self.rbuf.capacity() - self.rbuf.len() < INITIAL_BUFFER / 2 {
+                self.rbuf.reserve(INITIAL_BUFFER);
+            }
+            let read = tokio::select! {
+                () = self.cancel.cancelled() => return HeadRead::Close,
+                r = timeout_at(deadline, self.client.read_buf(&mut self.rbuf)) => r,
+            };
+            match read {
+                Err(_) if self.rbuf.is_empty() => return HeadRead::Close,
+                Err(_) => return HeadRead::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Close,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// One request, steps 1–13 of spec §8.2; returns whether the connection stays open.
+    async fn request(&mut self) -> bool {
+        let started = Instant::now();
+        let id = self.shared.next_request_id();
+        self.shared.status.board.count_request(); // step 1
+        let verdict = decide(&self.head_buf, &self.head, &self.caller, || {
+            self.shared.snapshots.borrow().clone()
+        });
+        let (status, reason, kind, detail, keep) = match verdict {
+            Verdict::Refuse {
+                reason,
+                kind,
+                detail,
+            } => {
+                self.answer_refusal(reason).await;
+                (reason.status(), Some(reason), kind, detail, false)
+            }
+            Verdict::Local(local) => {
+                let (status, reason) = self.serve_local(local).await;
+                (
+                    status,
+                    reason,
+                    SummaryKind::Connection,
+                    String::new(),
+                    false,
+                )
+            }
+            Verdict::Forward(fwd) => {
+                let outcome = self.forward(&fwd).await;
+                let (status, reason, keep) = match outcome {
+                    Outcome::Relayed { status, keep } => (status, None, keep),
+                    Outcome::Refused(reason) => {
+                        self.answer_refusal(reason).await;
+                        (reason.status(), Some(reason), false)
+                    }
+                    Outcome::Broken { status: 0 } => (CLIENT_GONE, None, false),
+                    Outcome::Broken { status } => (status, None, false),
+                };
+                // An audit denial is recorded as the refusal enforce would have given (spec §4.5, conf 41).
+                match fwd.audit {
+                    Some(would) => {
+                        let detail = format!(
+                            "audit: forwarded, upstream answered {status}; {}",
+                            fwd.detail
+                        );
+                        (
+                            would.status(),
+                            Some(would),
+                            SummaryKind::FailedAuth,
+                            detail,
+                            keep,
+                        )
+                    }
+                    None => (status, reason, SummaryKind::Connection, fwd.detail, keep),
+                }
+            }
+        };
+        self.finish(id, started, status, reason, kind, &detail);
+        keep
+    }
+
+    /// The summary entry and the connection log line of one finished request (spec §8.6).
+    fn finish(
+        &self,
+        id: u64,
+        started: Instant,
+        status: u16,
+        reason: Option<Reason>,
+        kind: SummaryKind,
+        detail: &str,
+    ) {
+        let method = String::from_utf8_lossy(self.head.method.of(&self.head_buf));
+        let target = self.head.target.of(&self.head_buf);
+        let elapsed = started.elapsed();
+        let dest = self.caller.original_dst.unwrap_or(self.local);
+        let status_code =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let record = RequestRecord::new(
+            id,
+            &method,
+            &String::from_utf8_lossy(target),
+            &self.caller.claims,
+            dest,
+            status_code,
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            detail,
+        );
+        self.shared.status.record(kind, &record);
+        let path = String::from_utf8_lossy(msp_core::canon::raw_path(target));
+        tracing::info!(
+            target: CONNECTION_TARGET,
+            id,
+            %method,
+            %path,
+            status,
+            reason = reason.map_or("", Reason::code),
+            elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+
+    /// The downstream connection may carry another request after this one (spec §8.1: keep-alive on HTTP/1.1).
+    pub(super) fn client_keep_alive(&self) -> bool {
+        self.head.version == Version::Http11 && !self.head.close && !self.cancel.is_cancelled()
+    }
+
+    /// Reads more request bytes, waiting at most the idle timeout; false when the client is gone.
+    pub(super) async fn fill(&mut self) -> bool {
+        if self.rbuf.capacity() - self.rbuf.len() < INITIAL_BUFFER / 2 {
+            self.rbuf.reserve(INITIAL_BUFFER);
+        }
+        matches!(
+            timeout(self.shared.timeouts.idle, self.client.read_buf(&mut self.rbuf)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
+    /// Writes the refusal for `reason`; the connection closes after the request is recorded (spec §8.5).
+    async fn answer_refusal(&mut self, reason: Reason) {
+        response::refusal(reason, &mut self.out);
+        self.write_out().await;
+    }
+
+    /// A refusal before step 1 (unparseable head, timeouts): answered, not counted.
+    async fn refuse_unparsed(mut self, reason: Reason) {
+        tracing::debug!(target: CONNECTION_TARGET, reason = reason.code(), "request head refused");
+        self.answer_refusal(reason).await;
+        self.close().await;
+    }
+
+    /// Writes `out` to the client (bounded by the idle timeout); a failure leaves nothing to answer.
+    pub(super) async fn write_out(&mut self) {
+        self.upstream = None;
+        let written = timeout(self.shared.timeouts.idle, self.client.write_all(&self.out)).await;
+        self.out.clear();
+        self.client_gone |= !matches!(written, Ok(Ok(())));
+    }
+
+    /// Closes gracefully: FIN first, then a bounded drain of what the client still sends, so it reads the
+    /// answer instead of a reset.
+    async fn close(mut self) {
+        self.upstream = None;
+        if self.client_gone {
+            return;
+        }
+        let _ = self.client.shutdown().await;
+        linger(&mut self.client, LINGER_TIMEOUT).await;
+    }
+
+    /// Gives back memory a large request needed (catalog G1: idle connections stay small).
+    fn trim_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+            self.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        for v in [&mut self.body, &mut self.send, &mut self.out] {
+            if v.capacity() > KEEP_BUFFER {
+                *v = Vec::new();
+            }
+        }
+    }
+}
+
+/// Reads and discards at most [`LINGER_BYTES`] for at most `limit`.
+async fn linger(client: &mut TcpStream, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}

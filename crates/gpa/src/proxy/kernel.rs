@@ -1,0 +1,38 @@
+//! The redirector-backed [`Attributor`]: takes the kernel's attribution record of the accepted socket's peer
+//! (spec §7.3) and builds the claims from it (spec §6). Linux only. It must never hand out a record for any
+//! peer but its own, or claims for a process other than the recorded one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{Attribution, Attributor};
+use crate::identity::IdentityResolver;
+use crate::redirect::Redirector;
+
+/// Attribution from the eBPF redirector's records and `/proc`.
+#[derive(Debug)]
+pub struct KernelAttributor {
+    redirector: Arc<Redirector>,
+    identity: IdentityResolver,
+}
+
+impl KernelAttributor {
+    pub fn new(redirector: Arc<Redirector>) -> KernelAttributor {
+        KernelAttributor {
+            redirector,
+            identity: IdentityResolver::new(),
+        }
+    }
+}
+
+impl Attributor for KernelAttributor {
+    fn attribute(&self, peer: SocketAddr) -> Attribution {
+        match self.redirector.take(peer) {
+            None => Attribution::Direct,
+            Some(record) => Attribution::Redirected {
+                original_dst: record.original_dst,
+                identity: self.identity.claims(&record, peer),
+            },
+        }
+    }
+}

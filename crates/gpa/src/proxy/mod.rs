@@ -1,0 +1,215 @@
+//! The proxy (spec §8): the listener on `proxyListenAddress`, and for every redirected connection the path
+//! attribution → claims → per request: parse → method → headers → limits → traversal guard → local endpoints
+//! → attribution → staleness → readiness → authorize → rewrite + sign → forward → relay.
+//!
+//! Layout: [`head`] (the pure request-head parser) and [`chunked`] (the pure chunked decoder) frame requests;
+//! [`decide`] runs steps 2–10 of §8.2 without I/O; `conn` owns one connection and its buffers, `forward` reads
+//! bodies, rewrites, signs and sends, `relay` owns the upstream connection and relays responses, `local`
+//! serves `/provision` and `/gpa-aggregated-status`, [`response`] writes the proxy's own answers.
+//!
+//! The HTTP codec is our own, not hyper's: spec §3.2 step 6 requires that exactly the signed header set
+//! reaches the host (hyper's client adds and rewrites `Host`, `Content-Length`, `Transfer-Encoding`), and §8
+//! fixes statuses that hyper's server decides itself or normalises away (408 only for partial heads, 414, 431
+//! at 100 fields, 400 with a reason code for each framing ambiguity, the exact 405). Request heads are parsed
+//! by [`head`] (pure, fuzzable), response heads by `httparse`; bodies are framed by us, responses relayed with
+//! their own framing.
+//!
+//! This module must never: send a byte upstream for a refused request (conf 76), open an upstream connection
+//! before a request is authorized, share an upstream connection between downstream connections, read `/proc`
+//! or take a lock per request beyond the snapshot read and the summary record, or spawn an untracked task.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+pub mod chunked;
+mod conn;
+pub mod decide;
+mod forward;
+pub mod head;
+pub mod limits;
+mod local;
+mod relay;
+pub mod response;
+mod rlimit;
+
+#[cfg(target_os = "linux")]
+mod kernel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use msp_core::Claims;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::EndpointAddrs;
+use crate::identity::IdentityError;
+use crate::keykeeper::KeeperHandle;
+use crate::lifecycle::ProxyContext;
+use crate::snapshot::Snapshot;
+use crate::status::{Provisioning, StatusHub};
+
+#[cfg(target_os = "linux")]
+pub use kernel::KernelAttributor;
+pub use limits::Timeouts;
+pub use rlimit::raise_nofile_limit;
+
+/// Connections refused with 503 `OVERLOADED` that may linger at once; beyond that they are just closed.
+const OVERLOAD_ANSWERS: usize = 64;
+
+/// Who made a connection, as far as the proxy can tell at accept (spec §6, §7.3).
+#[derive(Debug)]
+pub enum Attribution {
+    /// No attribution record: a direct connection to the listener (421 `NO_ATTRIBUTION`, spec §8.2 step 7).
+    Direct,
+    /// A redirected connection: its original destination, and the caller's claims or why they are stale.
+    Redirected {
+        original_dst: SocketAddr,
+        identity: Result<Claims, IdentityError>,
+    },
+}
+
+/// The seam between the proxy and the kernel: turns an accepted connection's peer address into its
+/// attribution. The redirector-backed implementation is [`KernelAttributor`]; tests inject their own.
+///
+/// Called once per connection on a blocking thread: implementations may read `/proc` and call NSS.
+pub trait Attributor: Send + Sync + 'static {
+    fn attribute(&self, peer: SocketAddr) -> Attribution;
+}
+
+/// No redirector: every connection is direct.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRecords;
+
+impl Attributor for NoRecords {
+    fn attribute(&self, _: SocketAddr) -> Attribution {
+        Attribution::Direct
+    }
+}
+
+/// What every connection of one proxy shares.
+pub(crate) struct Shared {
+    pub(crate) timeouts: Timeouts,
+    /// The configured listener (spec §1.2).
+    pub(crate) listen: SocketAddr,
+    pub(crate) endpoints: EndpointAddrs,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) status: Arc<StatusHub>,
+    pub(crate) provisioning: Arc<Provisioning>,
+    pub(crate) keeper: KeeperHandle,
+    pub(crate) attributor: Arc<dyn Attributor>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Serves the proxy until `ctx.cancel`, then lets open connections finish their current request.
+pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
+    let cap = raise_nofile_limit(ctx.config.max_concurrent_connections);
+    let shared = Arc::new(Shared {
+        timeouts: Timeouts::from_config(&ctx.config),
+        listen: ctx.config.proxy_listen_address,
+        endpoints: ctx.config.endpoints(),
+        snapshots: ctx.snapshots,
+        status: ctx.status,
+        provisioning: ctx.provisioning,
+        keeper: ctx.keeper,
+        attributor,
+        next_id: AtomicU64::new(0),
+    });
+    let permits = Arc::new(Semaphore::new(
+        usize::try_from(cap)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let overload = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
+    let tracker = TaskTracker::new();
+    let cancel = ctx.cancel;
+    let mut backoff = limits::ACCEPT_BACKOFF_MIN;
+    tracing::info!(listener = %shared.listen, max_connections = cap, "proxy serving");
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = accept(&ctx.listener) => r,
+            r = accept_opt(ctx.listener_v6.as_ref()) => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = limits::ACCEPT_BACKOFF_MIN;
+                pair
+            }
+            Err(e) => {
+                // Out of descriptors or memory: wait a little instead of spinning (catalog G1).
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(limits::ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let accepted_at = Instant::now();
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (shared, cancel) = (shared.clone(), cancel.clone());
+                tracker.spawn(async move {
+                    conn::serve(shared, stream, peer, accepted_at, cancel).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "connection cap reached; answering 503 OVERLOADED");
+                if let Ok(answering) = overload.clone().try_acquire_owned() {
+                    tracker.spawn(async move {
+                        overloaded(stream).await;
+                        drop(answering);
+                    });
+                }
+            }
+        }
+    }
+    drop(ctx.listener);
+    drop(ctx.listener_v6);
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("proxy stopped");
+}
+
+async fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
+    listener.accept().await
+}
+
+async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// 503 `OVERLOADED`, then a graceful close (spec §8.4).
+async fn overloaded(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    response::refusal(msp_core::Reason::Overloaded, &mut out);
+    let limit = limits::LINGER_TIMEOUT;
+    if matches!(
+        tokio::time::timeout(limit, stream.write_all(&out)).await,
+        Ok(Ok(()))
+    ) {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(limit, async {
+            while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}

@@ -1,0 +1,450 @@
+//! The upstream side (spec §8.1, §8.2 steps 12–13, §3.6): one connection to the original destination per
+//! downstream connection, and the relay of each response with its own framing plus the marker
+//! `x-ms-azure-host-authorization: value`.
+//!
+//! The response head is parsed by `httparse`; the body is relayed byte for byte, delimited by its
+//! `Content-Length`, by the chunked coding (tracked, not re-encoded) or by the upstream's close. An upstream
+//! `101` is refused (502 `UPSTREAM_PROTOCOL`): nothing is ever tunnelled. Interim `1xx` responses are dropped;
+//! the proxy answered `Expect: 100-continue` itself. This module must never pool a connection across
+//! downstream connections, relay a response whose framing it cannot determine, or pass on an upstream's own
+//! `x-ms-azure-host-authorization`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use msp_core::Reason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::chunked::ChunkedDecoder;
+use super::head::{parse_decimal, trim_ows};
+use super::limits::{
+    INITIAL_BUFFER, MAX_INTERIM_RESPONSES, MAX_RESPONSE_FIELDS, MAX_RESPONSE_HEAD_BYTES,
+};
+
+/// The relay marker (spec §3.6).
+pub(super) const MARKER: &[u8] = b"x-ms-azure-host-authorization: value\r\n";
+
+/// An open connection to the original destination.
+#[derive(Debug)]
+pub(super) struct Upstream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Upstream {
+    /// Connects within `limit` (spec §8.4): 502 `UPSTREAM_CONNECT` otherwise.
+    pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> Result<Upstream, Reason> {
+        match timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(Upstream {
+                    stream,
+                    buf: BytesMut::with_capacity(INITIAL_BUFFER),
+                })
+            }
+            _ => Err(Reason::UpstreamConnect),
+        }
+    }
+
+    /// Whether the host has kept the connection open: no close and no stray bytes since the last response.
+    pub(super) fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `bytes` (the exact request head and body), within `limit`.
+    pub(super) async fn send(&mut self, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+        match timeout(limit, self.stream.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// How the relay of one response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Relayed {
+    pub(super) status: u16,
+    /// `401` with `x-msp-reason: KEY_UNKNOWN` (spec §2.10).
+    pub(super) key_unknown: bool,
+    /// The upstream connection may carry the next request.
+    pub(super) upstream_open: bool,
+    /// The downstream connection may carry the next request.
+    pub(super) client_open: bool,
+}
+
+/// Why a relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RelayError {
+    /// Before any response byte reached the client: answer with this reason. `nothing_received` marks an
+    /// upstream that closed without sending a byte (a reused connection the host had just closed).
+    BeforeHead {
+        reason: Reason,
+        nothing_received: bool,
+    },
+    /// After the head of a response with this status was relayed: the client connection can only be closed.
+    AfterHead(u16),
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// What the relay needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exchange {
+    /// A `HEAD` request: the response has no body whatever its headers say.
+    pub(super) head_request: bool,
+    /// The client connection may stay open after this response (HTTP/1.1 without `Connection: close`).
+    pub(super) client_keep_alive: bool,
+    /// When the request was fully sent: the response-head timeout runs from here.
+    pub(super) sent_at: Instant,
+    /// Upstream response timeout: for the head, and for every wait for body bytes (spec §8.4).
+    pub(super) response_timeout: Duration,
+    /// Bound on every write to the client.
+    pub(super) write_timeout: Duration,
+}
+
+/// Reads the response to the request just sent and relays it to `client`, head rewritten per spec §3.6.
+pub(super) async fn relay(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    x: Exchange,
+    out: &mut Vec<u8>,
+) -> Result<Relayed, RelayError> {
+    let deadline = x.sent_at + x.response_timeout;
+    let mut interim = 0;
+    let mut received_any = false;
+    let (head_len, status, body, key_unknown, upstream_keep) = loop {
+        match parse_response(&up.buf, x.head_request, out, x.client_keep_alive) {
+            Parsed::Complete(r) if (100..200).contains(&r.status) => {
+                // 101 was refused in parse_response; other 1xx are interim: drop and read on.
+                interim += 1;
+                if interim > MAX_INTERIM_RESPONSES {
+                    return Err(protocol());
+                }
+                up.buf.advance(r.head_len);
+                continue;
+            }
+            Parsed::Complete(r) => break (r.head_len, r.status, r.body, r.key_unknown, r.keep),
+            Parsed::Invalid => return Err(protocol()),
+            Parsed::Partial => {}
+        }
+        if up.buf.len() > MAX_RESPONSE_HEAD_BYTES {
+            return Err(protocol());
+        }
+        up.buf.reserve(INITIAL_BUFFER);
+        match timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
+            Err(_) => {
+                return Err(RelayError::BeforeHead {
+                    reason: Reason::UpstreamTimeout,
+                    nothing_received: false,
+                });
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(RelayError::BeforeHead {
+                    reason: Reason::UpstreamConnect,
+                    nothing_received: !received_any && up.buf.is_empty(),
+                });
+            }
+            Ok(Ok(_)) => received_any = true,
+        }
+    };
+    up.buf.advance(head_len);
+    let client_open = x.client_keep_alive && body != Body::UntilClose;
+    let upstream_open = relay_body(up, client, body, x, out)
+        .await
+        .map_err(|()| RelayError::AfterHead(status))?;
+    Ok(Relayed {
+        status,
+        key_unknown,
+        upstream_open: upstream_keep && upstream_open,
+        client_open,
+    })
+}
+
+fn protocol() -> RelayError {
+    RelayError::BeforeHead {
+        reason: Reason::UpstreamProtocol,
+        nothing_received: false,
+    }
+}
+
+/// Relays the body after the head already in `out`; returns whether the upstream connection is clean.
+async fn relay_body(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    body: Body,
+    x: Exchange,
+    out: &mut Vec<u8>,
+) -> Result<bool, ()> {
+    let mut remaining = match body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunked = ChunkedDecoder::default();
+    loop {
+        // Move what belongs to this response from the upstream buffer to the client.
+        let (take, done) = match body {
+            Body::None => (0, true),
+            Body::Length(_) => {
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(up.buf.len());
+                remaining -= n as u64;
+                (n, remaining == 0)
+            }
+            Body::Chunked => {
+                let mut used = 0;
+                while used < up.buf.len() && !chunked.is_done() {
+                    let rest = up.buf.get(used..).unwrap_or_default();
+                    let p = chunked.decode(rest).map_err(|_| ())?;
+                    used += p.consumed;
+                    if p.consumed == 0 {
+                        break;
+                    }
+                }
+                (used, chunked.is_done())
+            }
+            Body::UntilClose => (up.buf.len(), false),
+        };
+        out.extend_from_slice(up.buf.get(..take).unwrap_or_default());
+        up.buf.advance(take);
+        if !out.is_empty() {
+            write_client(client, out, x.write_timeout).await?;
+        }
+        if done {
+            // Stray bytes after a complete response: the connection is no longer in a known state.
+            return Ok(up.buf.is_empty());
+        }
+        up.buf.reserve(INITIAL_BUFFER);
+        match timeout(x.response_timeout, up.stream.read_buf(&mut up.buf)).await {
+            Ok(Ok(0)) if body == Body::UntilClose => return Ok(false),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn write_client(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), ()> {
+    let result = timeout(limit, client.write_all(out)).await;
+    out.clear();
+    match result {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+struct Response {
+    head_len: usize,
+    status: u16,
+    body: Body,
+    key_unknown: bool,
+    keep: bool,
+}
+
+enum Parsed {
+    Partial,
+    Invalid,
+    Complete(Response),
+}
+
+/// Parses a response head; for a final response also writes the rewritten head into `out` (spec §3.6): the
+/// upstream's `x-ms-azure-host-authorization`, `Connection`, `Keep-Alive` and the fields `Connection` names
+/// are dropped, the marker is added, and `Connection: close` when the client connection ends after it.
+fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep: bool) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let (Some(status), Some(minor)) = (response.code, response.version) else {
+        return Parsed::Invalid;
+    };
+    if status == 101 || !(100..600).contains(&status) {
+        return Parsed::Invalid;
+    }
+    if (100..200).contains(&status) {
+        return Parsed::Complete(Response {
+            head_len,
+            status,
+            body: Body::None,
+            key_unknown: false,
+            keep: true,
+        });
+    }
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut close = minor == 0;
+    let mut key_unknown = false;
+    let mut connection_names: Vec<&[u8]> = Vec::new();
+    for f in response.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = parse_decimal(trim_ows(f.value)) else {
+                return Parsed::Invalid;
+            };
+            if length.is_some_and(|l| l != n) {
+                return Parsed::Invalid;
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = Some(f.value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in f.value.split(|&b| b == b',').map(trim_ows) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+                    close = false;
+                } else if !token.is_empty() {
+                    connection_names.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"x-msp-reason") {
+            key_unknown =
+                status == 401 && trim_ows(f.value) == Reason::KeyUnknown.code().as_bytes();
+        }
+    }
+    let body = if head_request || status == 204 || status == 304 {
+        Body::None
+    } else if let Some(te) = transfer_encoding {
+        let last = te.rsplit(|&b| b == b',').next().map(trim_ows);
+        if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            Body::Chunked
+        } else {
+            Body::UntilClose
+        }
+    } else {
+        match length {
+            Some(n) => Body::Length(n),
+            None => Body::UntilClose,
+        }
+    };
+    let client_open = client_keep && body != Body::UntilClose;
+
+    out.clear();
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for f in response.headers.iter() {
+        let name = f.name.as_bytes();
+        let framing = name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding");
+        let dropped = name.eq_ignore_ascii_case(msp_core::sign::AUTHORIZATION_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(b"keep-alive")
+            || (!framing
+                && connection_names
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name)));
+        if dropped {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(MARKER);
+    if !client_open {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Parsed::Complete(Response {
+        head_len,
+        status,
+        body,
+        key_unknown,
+        keep: !close && body != Body::UntilClose,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(raw: &[u8], keep: bool) -> (String, Response) {
+        let mut out = Vec::new();
+        match parse_response(raw, false, &mut out, keep) {
+            Parsed::Complete(r) => (String::from_utf8(out).unwrap(), r),
+            _ => panic!("not complete"),
+        }
+    }
+
+    #[test]
+    fn conf_036_marker_replaces_the_upstreams_own() {
+        let (head, r) = rewrite(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Ms-Azure-Host-Authorization: forged\r\n\
+              Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nok",
+            true,
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-ms-azure-host-authorization: value\r\n\r\n"
+        );
+        assert_eq!((r.status, r.body, r.keep), (200, Body::Length(2), true));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let (head, r) = rewrite(b"HTTP/1.1 200 OK\r\n\r\n", true);
+        assert_eq!(r.body, Body::UntilClose);
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+        let (_, r) = rewrite(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+        );
+        assert_eq!(r.body, Body::Chunked);
+        let (_, r) = rewrite(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+            true,
+        );
+        assert_eq!(r.body, Body::None);
+        let (_, r) = rewrite(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", true);
+        assert!(!r.keep, "HTTP/1.0 closes unless it says keep-alive");
+        let (_, r) = rewrite(
+            b"HTTP/1.1 401 Unauthorized\r\nx-msp-reason: KEY_UNKNOWN\r\nContent-Length: 0\r\n\r\n",
+            true,
+        );
+        assert!(r.key_unknown);
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                false,
+                &mut out,
+                true
+            ),
+            Parsed::Invalid
+        ));
+        assert!(matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false,
+                &mut out,
+                true
+            ),
+            Parsed::Invalid
+        ));
+    }
+}
