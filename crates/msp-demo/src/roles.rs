@@ -40,37 +40,16 @@ pub fn agent(config: &Path, netns: Option<&Path>) -> Result<(), HarnessError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            HarnessError::io("start the runtime for", config.latch_key_folder.clone(), e)
+        .map_err(|e| HarnessError::Task {
+            what: "starting the agent's runtime",
+            message: e.to_string(),
         })?;
-    runtime.block_on(interim_run(config));
-    Ok(())
-}
-
-/// TEMPORARY until `gpa::proxy` lands on main and `Parts::default` wires the redirector: the redirector is
-/// started here, the proxy is a placeholder that holds the listener.
-async fn interim_run(config: Config) {
-    use std::sync::Arc;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let parts = gpa::lifecycle::Parts {
-        start_redirector: Box::new(|cfg| {
-            gpa::redirect::Redirector::start(gpa::redirect::RedirectConfig::from_agent_config(cfg))
-                .map(|r| Arc::new(r) as Arc<dyn gpa::keykeeper::PolicySink>)
-                .map_err(Into::into)
-        }),
-        serve_proxy: Box::new(|ctx| Box::pin(async move { ctx.cancel.cancelled().await })),
-    };
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        stop.cancel();
-    });
-    gpa::lifecycle::run_with(config, parts, EventSink::new(), cancel).await;
+    runtime
+        .block_on(gpa::lifecycle::run_with_events(config, EventSink::new()))
+        .map_err(|e| HarnessError::Task {
+            what: "the agent",
+            message: e.to_string(),
+        })
 }
 
 /// Enters `netns`, waits for `go`, becomes `uid`/`gid`, execs `argv`. Returns only on failure.
@@ -118,7 +97,10 @@ pub fn fetch(url: &str, count: u32, interval: Duration) -> Result<(), HarnessErr
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| HarnessError::io("start the runtime for", "fetch", e))?;
+        .map_err(|e| HarnessError::Task {
+            what: "starting the fetch runtime",
+            message: e.to_string(),
+        })?;
     let mut out = std::io::stdout().lock();
     for i in 0..count {
         if i > 0 {
