@@ -375,12 +375,22 @@ async fn enforce(demo: &Demo, n: &mut Narrator, guid: &str) -> Result<(), Harnes
         describe(&r, a.as_ref()),
         ok,
     );
+    let before = demo.last_imds_audit().await.map(|a| a.seq);
     let r = demo.fetch(RunAs::nobody(), true, TOKEN).await?;
+    let reached_host = demo.last_imds_audit().await.map(|a| a.seq) != before;
     n.check(
         "nobody GET token",
         "403 RULE_DENY from the agent (never reaches the host)",
-        r.brief(),
-        r.status == Some(403) && r.reason.as_deref() == Some("RULE_DENY"),
+        format!(
+            "{} from the agent ({})",
+            r.brief(),
+            if reached_host {
+                "the host saw it"
+            } else {
+                "the host never saw it"
+            }
+        ),
+        r.status == Some(403) && r.reason.as_deref() == Some("RULE_DENY") && !reached_host,
     );
     if Path::new(CURL).exists() {
         let argv = [
