@@ -401,3 +401,29 @@ async fn bind_fails_at_once_on_other_errors_and_stops_the_listener_module() {
     assert_eq!(m.status, ModuleState::Stopped);
     assert!(m.message.contains("192.0.2.1"), "{}", m.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2_a_symlinked_key_directory_is_refused_and_the_status_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let victim = root.path().join("attacker-dir");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::create_dir(root.path().join("state")).unwrap();
+    std::os::unix::fs::symlink(&victim, root.path().join("state/keys")).unwrap();
+    let host = FakeWireServer::start().await;
+    let agent = Running::start(config(root.path(), host.addr)).await;
+    wait_until("the refusal in the status", Duration::from_secs(10), || {
+        agent.latch_message().contains("symlink")
+    })
+    .await;
+    assert!(
+        agent
+            .latch_message()
+            .starts_with("Failed to save key details to file: key directory unusable: "),
+        "{}",
+        agent.latch_message()
+    );
+    assert!(agent.key_guid().is_none(), "no key without a stored copy");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    assert_eq!(host.with(|s| s.attests), 0, "nothing attested");
+    agent.stop().await;
+}

@@ -518,14 +518,21 @@ async fn conf_041_audit_denials_are_recorded_and_forwarded_enforce_denials_are_4
         1,
         "and signed"
     );
-    let doc = t.hub.document();
-    let audited = doc
-        .failed_authenticate_summary
-        .iter()
-        .filter(|i| i.user_name == "alice" && i.response_status == "403 Forbidden")
-        .map(|i| i.count)
-        .sum::<u64>();
-    assert_eq!(audited, 3, "two enforce denials and one audit denial");
+    // The summary entry is recorded once the response has been relayed, so it may trail the client by a moment.
+    let audited = || {
+        t.hub
+            .document()
+            .failed_authenticate_summary
+            .iter()
+            .filter(|i| i.user_name == "alice" && i.response_status == "403 Forbidden")
+            .map(|i| i.count)
+            .sum::<u64>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while audited() < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(audited(), 3, "two enforce denials and one audit denial");
     t.stop().await;
 }
 

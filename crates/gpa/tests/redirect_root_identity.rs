@@ -279,3 +279,80 @@ fn c3_root_a_caller_that_executes_another_program_after_connect_is_stale() {
     drop(client); // now a `sleep`: killed, not released
     setup.redirector.stop().unwrap();
 }
+
+#[test]
+fn c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path() {
+    if !root_ready("c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path") {
+        return;
+    }
+    // The allowed executable, and a caller that bind-mounts another binary (this test binary) over it in its own
+    // mount namespace, then runs it by the allowed path: there `/proc/<pid>/exe` reads as the allowed path.
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed-tool");
+    std::fs::copy("/bin/true", &allowed).unwrap();
+    let script = format!(
+        "mount --bind \"$0\" {a} && exec {a} \"$@\"",
+        a = allowed.display()
+    );
+    let setup = Setup::new("bindmount");
+    let mut spawn = setup.client("hold");
+    spawn.wrapper = vec![
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let client = spawn.run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let shown = std::fs::read_link(format!("/proc/{}/exe", client.pid)).unwrap();
+    assert_eq!(
+        shown, allowed,
+        "the kernel shows the impostor at the allowed path"
+    );
+
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("a live caller");
+    assert_ne!(claims.process_full_path, allowed.display().to_string());
+    assert_eq!(claims.process_full_path, "", "unprovable path is empty");
+    assert_eq!(claims.process_name, "");
+    drop(client);
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
+fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims() {
+    if !root_ready("f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims") {
+        return;
+    }
+    // An executable whose name would forge a log line and a JSON record.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "tool\n{\"userName\": \"root\"}\u{1b}[2J";
+    let evil = dir.path().join(name);
+    std::fs::copy(std::env::current_exe().unwrap(), &evil).unwrap();
+    let setup = Setup::new("ctrlpath");
+    let mut spawn = setup.client("hold");
+    spawn
+        .env
+        .push(("GPA_TEST_EVIL", evil.display().to_string()));
+    spawn.wrapper = vec!["sh", "-c", "exec \"$GPA_TEST_EVIL\" \"$@\""];
+    let client = spawn.run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let claims = IdentityResolver::new()
+        .claims(&record, peer)
+        .expect("a live caller");
+    let escaped = msp_core::redact::escape_control(&evil.display().to_string());
+    assert_eq!(claims.process_full_path, escaped);
+    assert_eq!(
+        claims.process_name,
+        "tool\\n{\"userName\": \"root\"}\\u{1b}[2J"
+    );
+    assert!(!claims.process_cmd_line.chars().any(char::is_control));
+    drop(client);
+    setup.redirector.stop().unwrap();
+}

@@ -112,6 +112,8 @@ struct Shell {
     task: KeyKeeperTask,
     rules: RulesResolver,
     store: Option<KeyStore>,
+    /// Why the key directory could not be opened, for the status message (spec §2.11: "reports it").
+    store_error: Option<String>,
     status: Option<KeyStatus>,
     shown: ChannelState,
     rules_errors: BTreeMap<Endpoint, String>,
@@ -127,6 +129,7 @@ impl KeyKeeperTask {
             task: self,
             rules,
             store: None,
+            store_error: None,
             status: None,
             shown: ChannelState::default(),
             rules_errors: BTreeMap::new(),
@@ -226,11 +229,25 @@ impl Shell {
     fn store(&mut self) -> Option<&KeyStore> {
         if self.store.is_none() {
             match KeyStore::open(&self.task.key_dir) {
-                Ok(s) => self.store = Some(s),
-                Err(e) => self.log(Level::Error, format!("key directory unusable: {e}")),
+                Ok(s) => {
+                    self.store = Some(s);
+                    self.store_error = None;
+                }
+                Err(e) => {
+                    let message = format!("key directory unusable: {e}");
+                    self.log(Level::Error, message.clone());
+                    self.store_error = Some(message);
+                }
             }
         }
         self.store.as_ref()
+    }
+
+    /// The status text for an unusable key directory, with the reason (catalog E2).
+    fn store_error(&self) -> String {
+        self.store_error
+            .clone()
+            .unwrap_or_else(|| "key directory unusable".to_owned())
     }
 
     fn log(&self, level: Level, message: String) {
@@ -352,7 +369,7 @@ impl Shell {
             Action::FetchStatus => Some(self.fetch_status().await),
             Action::CheckLocalKey(guid) => Some(Event::LocalKeyChecked(match self.store() {
                 Some(store) => store.check(&guid),
-                None => LocalKey::Refused("key directory unusable".to_owned()),
+                None => LocalKey::Refused(self.store_error()),
             })),
             Action::AcquireKey => Some(match self.task.channel.acquire(self.date()).await {
                 Ok(key) => Event::KeyAcquired(key),
@@ -363,7 +380,7 @@ impl Shell {
                     Ok(()) => Event::KeyStored,
                     Err(e) => Event::StoreFailed(e.to_string()),
                 },
-                None => Event::StoreFailed("key directory unusable".to_owned()),
+                None => Event::StoreFailed(self.store_error()),
             }),
             Action::AttestKey(key) => Some(match key.signing_parts() {
                 Ok((guid, signing)) => {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use msp_core::Claims;
 use msp_core::claims::UNDEFINED;
+use msp_core::redact::escape_control;
 
 use self::nss::Nss;
 use self::procfs::{Exe, ProcDir};
@@ -71,10 +72,14 @@ impl IdentityResolver {
         }
 
         let exe = self.verified_exe(&proc_dir, record).map_err(stale)?;
+        // The path counts only when it names the same file here: else it is "unavailable" (empty, spec §6), so
+        // no `exePath` or `processName` selector can match an impostor (catalog C3).
+        // Control characters are escaped here, at the source, so a file name cannot forge a log line, a summary
+        // or an event wherever the claims go (spec §11.4, catalog F2); a real exePath never holds one.
         let full_path = exe
             .as_ref()
-            .and_then(|e| e.path().ok())
-            .map(|p| p.to_string_lossy().into_owned());
+            .and_then(|e| e.path().ok().filter(|p| e.is_at(p)))
+            .map(|p| escape_control(&p.to_string_lossy()));
         let cmdline = match proc_dir.cmdline() {
             Ok((raw, _)) if raw.is_empty() => UNDEFINED.to_owned(),
             Ok((raw, truncated)) => format_cmdline(&raw, truncated),

@@ -4,7 +4,8 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
@@ -122,9 +123,20 @@ impl Exe {
         self.mnt_id
     }
 
-    /// The path of the opened file, as `/proc/<pid>/exe` shows it.
+    /// The path of the opened file, as `/proc/<pid>/exe` shows it: a path in the *caller's* mount namespace.
     pub(super) fn path(&self) -> io::Result<PathBuf> {
         std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// Whether `path`, looked up in the agent's own mount namespace, is this very file (same device and inode).
+    /// `/proc/<pid>/exe` reads as the path in the caller's mount namespace, where a bind mount (which an
+    /// unprivileged user can make in a user + mount namespace) puts any binary at an allowed path (catalog C3).
+    pub(super) fn is_at(&self, path: &Path) -> bool {
+        let (Ok(here), Ok(live)) = (std::fs::metadata(path), nix::sys::stat::fstat(&self.file))
+        else {
+            return false;
+        };
+        here.dev() == live.st_dev && here.ino() == live.st_ino
     }
 }
 

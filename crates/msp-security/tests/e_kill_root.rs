@@ -1,0 +1,143 @@
+//! Catalog E4: the agent SIGKILLed under load, as its own process (`msp-agent`, the real redirector and proxy)
+//! against a real host in Enforce. No unsigned request is ever accepted by the host; with `redirectFailMode:
+//! closed` (pinned links) callers are refused instead of reaching the host directly. E5 (restarts) is `gpa`'s
+//! conf_073_root_* tests.
+#![cfg(target_os = "linux")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use gpa::redirect::PIN_ROOT;
+use msp_core::{Endpoint, Mode};
+use msp_host::audit::{AuditQuery, Decision};
+use msp_security::agent::AgentProcess;
+use msp_security::host::{TestHost, VM};
+use msp_security::{TestCgroup, probe, root_ready};
+
+/// Removes the pins a killed `closed`-mode agent leaves (`/sys/fs/bpf/gpa/<cgroup id>`), before the cgroup goes.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn get(t: &TestHost) -> Vec<u8> {
+    format!(
+        "GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: {}\r\nMetadata: true\r\n\r\n",
+        t.host.imds
+    )
+    .into_bytes()
+}
+
+async fn kill_under_load(fail_mode: &str) {
+    let t = TestHost::start().await;
+    t.set_mode(Endpoint::Imds, Mode::Enforce).await;
+    let cgroup = TestCgroup::new("e4");
+    let pins = Pins(Path::new(PIN_ROOT).join(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.path).unwrap()).to_string(),
+    ));
+    let mut agent = AgentProcess::spawn(
+        env!("CARGO_BIN_EXE_msp-agent"),
+        &t.host,
+        &cgroup,
+        serde_json::json!({"redirectFailMode": fail_mode}),
+    )
+    .await;
+    // Ready: a caller in the cgroup is served (signed) through the agent.
+    agent
+        .wait_served(|| probe!().in_cgroup(&cgroup), t.host.imds, &get(&t))
+        .await;
+
+    // Load from the cgroup; SIGKILL the agent in the middle of it.
+    let load = tokio::spawn(
+        probe!()
+            .in_cgroup(&cgroup)
+            .load(t.host.imds, &get(&t), 4, 4),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agent.child.start_kill().unwrap();
+    agent.child.wait().await.unwrap();
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_value(load.await.unwrap().0["counts"].clone()).unwrap();
+    assert!(counts.get("200").copied().unwrap_or(0) > 0, "{counts:?}");
+
+    // After the kill: open mode reaches the host unsigned and is refused; closed mode is refused locally.
+    let after = probe!()
+        .in_cgroup(&cgroup)
+        .tcp(t.host.imds, &get(&t), 3000)
+        .await;
+    match fail_mode {
+        "open" => {
+            let r = after.response();
+            assert_eq!((r.status, r.reason()), (401, Some("AUTH_MISSING")), "{r:?}");
+            for k in counts.keys() {
+                assert!(
+                    ["200", "401"].contains(&k.as_str()) || k.starts_with("io"),
+                    "{counts:?}"
+                );
+            }
+        }
+        _ => {
+            assert_eq!(after.errno(), libc::ECONNREFUSED, "{:?}", after.0);
+            assert!(
+                !counts.contains_key("401"),
+                "reached the host directly: {counts:?}"
+            );
+        }
+    }
+
+    // The host accepted nothing unsigned: every served IMDS request named the latched key.
+    t.host.flush().await;
+    let audit = |decision| AuditQuery {
+        vm: Some(VM.into()),
+        endpoint: Some("imds".into()),
+        decision: Some(decision),
+        limit: Some(msp_host::audit::MAX_AUDIT_QUERY_ROWS),
+        ..AuditQuery::default()
+    };
+    let served = t
+        .host
+        .admin()
+        .audit(&audit(Decision::Allowed))
+        .await
+        .unwrap();
+    assert!(!served.is_empty());
+    assert!(
+        served
+            .iter()
+            .all(|r| r.key_guid.is_some() && r.status == 200),
+        "{served:?}"
+    );
+    for d in [Decision::Unchecked, Decision::Audited, Decision::Exempt] {
+        assert!(
+            t.host.admin().audit(&audit(d)).await.unwrap().is_empty(),
+            "{d:?}"
+        );
+    }
+    drop(pins);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e4_root_agent_sigkilled_under_load_open_mode_host_refuses_everything_unsigned() {
+    if !root_ready("e4_root_agent_sigkilled_under_load_open_mode_host_refuses_everything_unsigned")
+    {
+        return;
+    }
+    kill_under_load("open").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e4_root_agent_sigkilled_under_load_closed_mode_callers_are_refused() {
+    if !root_ready("e4_root_agent_sigkilled_under_load_closed_mode_callers_are_refused") {
+        return;
+    }
+    kill_under_load("closed").await;
+}
