@@ -205,6 +205,36 @@ fn conf_064_root_a_caller_that_exited_is_stale() {
     setup.redirector.stop().unwrap();
 }
 
+#[test]
+fn conf_064_root_cached_claims_still_prove_the_caller_alive() {
+    if !root_ready("conf_064_root_cached_claims_still_prove_the_caller_alive") {
+        return;
+    }
+    let setup = Setup::new("cached");
+    let client = setup.client("hold").run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let resolver = IdentityResolver::new();
+    assert!(
+        resolver.cached_claims(&record, peer).is_none(),
+        "nothing is cached before the first lookup"
+    );
+    let claims = resolver.claims(&record, peer).expect("live caller");
+    let cached = resolver
+        .cached_claims(&record, peer)
+        .expect("cached after the first lookup")
+        .expect("the caller is still alive");
+    assert_eq!(cached, claims);
+    // The caller exits: the cache still holds its facts, but the liveness check runs first.
+    client.finish();
+    let reason = stale_reason(resolver.cached_claims(&record, peer).expect("still cached"));
+    assert!(
+        matches!(reason, StaleReason::Exited | StaleReason::PidReused { .. }),
+        "{reason:?}"
+    );
+    setup.redirector.stop().unwrap();
+}
+
 /// Makes the kernel give `pid` to a new `sleep`: waits while any task (a thread counts: `/proc/<tid>` resolves
 /// too) holds the number, then spawns with `ns_last_pid` set just below it until the `sleep` gets it.
 fn reuse_pid(pid: u32) -> std::process::Child {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Attribution, Attributor};
+use super::{Attribution, Attributor, Lookup};
 use crate::identity::IdentityResolver;
 use crate::redirect::Redirector;
 
@@ -34,5 +34,24 @@ impl Attributor for KernelAttributor {
                 identity: self.identity.claims(&record, peer),
             },
         }
+    }
+
+    /// The record is taken here (a map lookup); the claims come from the identity caches when they hold the
+    /// instance, else from a blocking thread.
+    fn lookup(self: Arc<Self>, peer: SocketAddr) -> Lookup {
+        let Some(record) = self.redirector.take(peer) else {
+            return Lookup::Done(Attribution::Direct);
+        };
+        let original_dst = record.original_dst;
+        if let Some(identity) = self.identity.cached_claims(&record, peer) {
+            return Lookup::Done(Attribution::Redirected {
+                original_dst,
+                identity,
+            });
+        }
+        Lookup::Blocking(Box::new(move || Attribution::Redirected {
+            original_dst,
+            identity: self.identity.claims(&record, peer),
+        }))
     }
 }

@@ -77,9 +77,21 @@ pub enum Attribution {
 /// The seam between the proxy and the kernel: turns an accepted connection's peer address into its
 /// attribution. The redirector-backed implementation is [`KernelAttributor`]; tests inject their own.
 ///
-/// Called once per connection on a blocking thread: implementations may read `/proc` and call NSS.
+/// `attribute` is called once per connection on a blocking thread: implementations may read `/proc` and call NSS.
 pub trait Attributor: Send + Sync + 'static {
     fn attribute(&self, peer: SocketAddr) -> Attribution;
+
+    /// Called on the reactor for every accepted connection: the attribution when it can be had without blocking
+    /// (from caches), else the blocking work. The default sends everything to [`Attributor::attribute`].
+    fn lookup(self: Arc<Self>, peer: SocketAddr) -> Lookup {
+        Lookup::Blocking(Box::new(move || self.attribute(peer)))
+    }
+}
+
+/// A connection's attribution at once, or the work that finds it, which may block (it runs off the reactor).
+pub enum Lookup {
+    Done(Attribution),
+    Blocking(Box<dyn FnOnce() -> Attribution + Send>),
 }
 
 /// No redirector: every connection is direct.
@@ -206,7 +218,7 @@ async fn overloaded(mut stream: TcpStream) {
         Ok(Ok(()))
     ) {
         let _ = stream.shutdown().await;
-        let mut sink = [0u8; 1024];
+        let mut sink = vec![0u8; 1024];
         let _ = tokio::time::timeout(limit, async {
             while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
         })

@@ -39,7 +39,7 @@ pub struct ProcessInstance {
 }
 
 /// An executable file as the kernel identifies it: device and inode of `mm->exe_file`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExeId {
     pub dev_major: u32,
     pub dev_minor: u32,

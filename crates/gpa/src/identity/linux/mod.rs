@@ -1,4 +1,5 @@
-//! Linux identity: `/proc` through a process-bound directory descriptor, NSS through a 60 s cache. Nothing is
+//! Linux identity: `/proc` through a process-bound directory descriptor (what is read per process instance cached
+//! for [`INSTANCE_CACHE_TTL`]), NSS through a 60 s cache. Nothing is
 //! read from `/proc` before the live process is shown to be the recorded instance.
 mod nss;
 mod procfs;
@@ -6,7 +7,8 @@ mod procfs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use msp_core::Claims;
 use msp_core::claims::UNDEFINED;
@@ -14,8 +16,9 @@ use msp_core::redact::escape_control;
 
 use self::nss::Nss;
 use self::procfs::{Exe, ProcDir};
+use crate::identity::cache::TtlCache;
 use crate::identity::{IdentityError, StaleReason, format_cmdline};
-use crate::redirect::ConnRecord;
+use crate::redirect::{ConnRecord, ExeId};
 
 /// Nanoseconds per second.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -30,6 +33,69 @@ const DEFAULT_TICKS_PER_SEC: u64 = 100;
 pub struct IdentityResolver {
     nss: Nss,
     ticks_per_sec: u64,
+    /// What `/proc` said about each recent process instance (see [`INSTANCE_CACHE_TTL`]).
+    instances: Mutex<TtlCache<InstanceKey, Arc<ProcFacts>>>,
+}
+
+/// How long the executable path and command line read for one process instance running one executable are
+/// reused for its later connections. Every connection still proves, before the cache is consulted, that the
+/// recorded instance is alive (start time) and runs that same file (mount and inode): only the path lookup,
+/// the mount table and the command line are skipped. A process that rewrites its own argv shows the old
+/// command line for at most this long (it is informative: no selector matches on it, spec §4.4).
+pub(crate) const INSTANCE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Process instances cached at most.
+pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 1024;
+
+/// One process instance running one executable, as the kernel recorded them at `connect()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct InstanceKey {
+    tgid: u32,
+    start_boottime_ns: u64,
+    exe: ExeId,
+}
+
+impl InstanceKey {
+    /// `None` when the kernel recorded no executable: such connections are never cached.
+    fn of(record: &ConnRecord) -> Option<InstanceKey> {
+        Some(InstanceKey {
+            tgid: record.tgid,
+            start_boottime_ns: record.instance.start_boottime_ns,
+            exe: record.instance.exe?,
+        })
+    }
+}
+
+/// The `/proc` facts of one process instance.
+#[derive(Debug)]
+struct ProcFacts {
+    /// Mount id and inode of the verified live executable, when there was one.
+    exe: Option<(u64, u64)>,
+    full_path: String,
+    process_name: String,
+    cmdline: String,
+}
+
+impl ProcFacts {
+    fn claims(
+        &self,
+        record: &ConnRecord,
+        peer: SocketAddr,
+        user_name: String,
+        user_groups: Vec<String>,
+    ) -> Claims {
+        Claims {
+            user_id: u64::from(record.uid),
+            user_name,
+            user_groups,
+            process_id: record.tgid,
+            process_name: self.process_name.clone(),
+            process_full_path: self.full_path.clone(),
+            process_cmd_line: self.cmdline.clone(),
+            run_as_elevated: record.uid == 0,
+            client_ip: peer.ip().to_string(),
+            client_port: peer.port(),
+        }
+    }
 }
 
 impl Default for IdentityResolver {
@@ -50,6 +116,10 @@ impl IdentityResolver {
         IdentityResolver {
             nss: Nss::new(),
             ticks_per_sec,
+            instances: Mutex::new(TtlCache::new(
+                INSTANCE_CACHE_TTL,
+                INSTANCE_CACHE_MAX_ENTRIES,
+            )),
         }
     }
 
@@ -57,10 +127,41 @@ impl IdentityResolver {
     /// `Err(Stale)` when the process that connected is gone, was replaced by a reused pid, or has executed another
     /// program since.
     pub fn claims(&self, record: &ConnRecord, peer: SocketAddr) -> Result<Claims, IdentityError> {
+        let proc_dir = self.live_instance(record)?;
+        let now = Instant::now();
+        let facts = match self.cached_facts(record, now) {
+            Some(facts) => self.still_running(&proc_dir, record, facts)?,
+            None => self.read_facts(&proc_dir, record, now)?,
+        };
+        let user_name = self.nss.user_name(record.uid, now);
+        let user_groups = self.nss.groups(&user_name, record.gid, now);
+        Ok(facts.claims(record, peer, user_name, user_groups))
+    }
+
+    /// [`claims`](IdentityResolver::claims) from the caches alone, without blocking: `None` when the instance's
+    /// `/proc` facts or the NSS answers are not cached (the caller then runs `claims` on a blocking thread). On a
+    /// hit it still checks, through `/proc/<pid>/stat` and the executable's `fdinfo`, that the recorded instance is
+    /// alive and runs the same file (spec §6, conf 64, catalog C3).
+    pub fn cached_claims(
+        &self,
+        record: &ConnRecord,
+        peer: SocketAddr,
+    ) -> Option<Result<Claims, IdentityError>> {
+        let now = Instant::now();
+        let facts = self.cached_facts(record, now)?;
+        let (user_name, user_groups) = self.nss.cached(record.uid, record.gid, now)?;
+        Some(
+            self.live_instance(record)
+                .and_then(|dir| self.still_running(&dir, record, facts))
+                .map(|facts| facts.claims(record, peer, user_name, user_groups)),
+        )
+    }
+
+    /// `/proc/<pid>`, once the live process is shown to be the recorded instance (same start time).
+    fn live_instance(&self, record: &ConnRecord) -> Result<ProcDir, IdentityError> {
         let pid = record.tgid;
         let stale = |reason| IdentityError::Stale { pid, reason };
         let proc_dir = ProcDir::open(pid).map_err(|e| stale(vanished(&e)))?;
-
         let recorded_ticks =
             record.instance.start_boottime_ns / (NANOS_PER_SEC / self.ticks_per_sec);
         let live_ticks = proc_dir.start_ticks().map_err(|e| stale(vanished(&e)))?;
@@ -70,8 +171,45 @@ impl IdentityResolver {
                 live_ticks,
             }));
         }
+        Ok(proc_dir)
+    }
 
-        let exe = self.verified_exe(&proc_dir, record).map_err(stale)?;
+    fn cached_facts(&self, record: &ConnRecord, now: Instant) -> Option<Arc<ProcFacts>> {
+        let key = InstanceKey::of(record)?;
+        lock(&self.instances).get(&key, now)
+    }
+
+    /// The cached facts hold while the process still runs the executable they were read for.
+    fn still_running(
+        &self,
+        proc_dir: &ProcDir,
+        record: &ConnRecord,
+        facts: Arc<ProcFacts>,
+    ) -> Result<Arc<ProcFacts>, IdentityError> {
+        let stale = |reason| IdentityError::Stale {
+            pid: record.tgid,
+            reason,
+        };
+        let live = proc_dir.exe().map_err(|e| stale(vanished(&e)))?;
+        match &facts.exe {
+            Some(exe) if live.mnt_id() == exe.0 && live.ino() == exe.1 => Ok(facts),
+            _ => Err(stale(StaleReason::ExecutableChanged)),
+        }
+    }
+
+    /// Reads the executable's path and the command line, checks the executable before and after, and caches the
+    /// result when the kernel recorded the executable.
+    fn read_facts(
+        &self,
+        proc_dir: &ProcDir,
+        record: &ConnRecord,
+        now: Instant,
+    ) -> Result<Arc<ProcFacts>, IdentityError> {
+        let stale = |reason| IdentityError::Stale {
+            pid: record.tgid,
+            reason,
+        };
+        let exe = self.verified_exe(proc_dir, record).map_err(stale)?;
         // The path counts only when it names the same file here: else it is "unavailable" (empty, spec §6), so
         // no `exePath` or `processName` selector can match an impostor (catalog C3).
         // Control characters are escaped here, at the source, so a file name cannot forge a log line, a summary
@@ -93,27 +231,21 @@ impl IdentityResolver {
                 return Err(stale(StaleReason::ExecutableChanged));
             }
         }
-
-        let now = Instant::now();
-        let user_name = self.nss.user_name(record.uid, now);
-        let user_groups = self.nss.groups(&user_name, record.gid, now);
         let full_path = full_path.unwrap_or_default();
         let process_name = Path::new(&full_path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Claims {
-            user_id: u64::from(record.uid),
-            user_name,
-            user_groups,
-            process_id: pid,
+        let facts = Arc::new(ProcFacts {
+            exe: exe.as_ref().map(|e| (e.mnt_id(), e.ino())),
+            full_path,
             process_name,
-            process_full_path: full_path,
-            process_cmd_line: cmdline,
-            run_as_elevated: record.uid == 0,
-            client_ip: peer.ip().to_string(),
-            client_port: peer.port(),
-        })
+            cmdline,
+        });
+        if let (Some(key), Some(_)) = (InstanceKey::of(record), &facts.exe) {
+            lock(&self.instances).insert(key, facts.clone(), now);
+        }
+        Ok(facts)
     }
 
     /// The live executable, checked against the one recorded at `connect()` (catalog C3).
@@ -143,6 +275,11 @@ const _: () = {
     const fn shareable<T: Send + Sync>() {}
     shareable::<IdentityResolver>();
 };
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned cache is still a valid cache.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A failed `/proc` read: the process is gone (or a zombie without an executable), or it cannot be verified.
 fn vanished(e: &io::Error) -> StaleReason {

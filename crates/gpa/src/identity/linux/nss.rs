@@ -28,6 +28,13 @@ impl Nss {
         }
     }
 
+    /// The cached answers for (`uid`, `gid`) only: never calls NSS, so it cannot block.
+    pub(super) fn cached(&self, uid: u32, gid: u32, now: Instant) -> Option<(String, Vec<String>)> {
+        let name = lock(&self.users).get(&uid, now)?;
+        let groups = lock(&self.groups).get(&(name.clone(), gid), now)?;
+        Some((name, groups))
+    }
+
     /// The passwd name of `uid`, or `undefined`.
     pub(super) fn user_name(&self, uid: u32, now: Instant) -> String {
         if let Some(name) = lock(&self.users).get(&uid, now) {

@@ -123,6 +123,10 @@ impl Exe {
         self.mnt_id
     }
 
+    pub(super) fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// The path of the opened file, as `/proc/<pid>/exe` shows it: a path in the *caller's* mount namespace.
     pub(super) fn path(&self) -> io::Result<PathBuf> {
         std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
