@@ -23,10 +23,10 @@ use tracing::Instrument;
 use super::decide::{Caller, Verdict, decide};
 use super::forward::Outcome;
 use super::head::{self, HeadError, RequestHead, Version};
-use super::limits::{INITIAL_BUFFER, KEEP_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
+use super::limits::{IDLE_TRIM_AFTER, INITIAL_BUFFER, KEEP_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
-use super::{Attribution, Shared};
+use super::{Attribution, Lookup, Shared};
 use crate::clock;
 use crate::logfile::CONNECTION_TARGET;
 use crate::status::{Counter, RequestRecord, SummaryKind};
@@ -82,11 +82,13 @@ pub(super) async fn serve(
 ) {
     let _ = client.set_nodelay(true);
     let local = client.local_addr().unwrap_or(shared.listen);
-    // spec §7.3, §6: take the record and build the claims once, off the reactor (/proc and NSS may block).
-    let attributor = shared.attributor.clone();
-    let attribution = tokio::task::spawn_blocking(move || attributor.attribute(peer))
-        .await
-        .unwrap_or(Attribution::Direct);
+    // spec §7.3, §6: take the record and build the claims once; what may block (/proc, NSS) runs off the reactor.
+    let attribution = match shared.attributor.clone().lookup(peer) {
+        Lookup::Done(attribution) => attribution,
+        Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or(Attribution::Direct),
+    };
     let caller = caller(attribution, peer, local, &shared);
     // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
     let span = tracing::debug_span!(
@@ -102,7 +104,7 @@ pub(super) async fn serve(
         client,
         local,
         caller,
-        rbuf: BytesMut::with_capacity(INITIAL_BUFFER),
+        rbuf: BytesMut::new(),
         head_buf: Vec::new(),
         head: RequestHead::default(),
         body: Vec::new(),
@@ -158,8 +160,10 @@ impl Conn {
         loop {
             let head_len = match self.read_head(first.then_some(accepted_at)).await {
                 HeadRead::Ready(n) => n,
-                HeadRead::Refuse(e) => return self.refuse_unparsed(e.reason()).await,
-                HeadRead::TimedOut => return self.refuse_unparsed(Reason::HeaderTimeout).await,
+                HeadRead::Refuse(e) => return Box::pin(self.refuse_unparsed(e.reason())).await,
+                HeadRead::TimedOut => {
+                    return Box::pin(self.refuse_unparsed(Reason::HeaderTimeout)).await;
+                }
                 HeadRead::Close => return,
             };
             first = false;
@@ -168,10 +172,12 @@ impl Conn {
                 .extend_from_slice(self.rbuf.get(..head_len).unwrap_or_default());
             self.rbuf.advance(head_len);
             if let Err(e) = head::parse_into(&self.head_buf, &mut self.head) {
-                return self.refuse_unparsed(e.reason()).await;
+                return Box::pin(self.refuse_unparsed(e.reason())).await;
             }
-            if !self.request().await || self.cancel.is_cancelled() {
-                return self.close().await;
+            // Boxed, like the closing paths: the request's futures (forward, relay, local answers) live on the
+            // heap only while a request is in flight, so an idle connection's task holds just the head wait.
+            if !Box::pin(self.request()).await || self.cancel.is_cancelled() {
+                return Box::pin(self.close()).await;
             }
             self.trim_buffers();
         }
@@ -184,6 +190,8 @@ impl Conn {
         let idle_deadline = Instant::now() + t.idle;
         let mut head_deadline = accepted_at.map(|at| at + t.head);
         let mut scanned = 0;
+        // Until the grace period passes, buffers are kept for the next request; then they are given back.
+        let mut trim_at = Some(Instant::now() + IDLE_TRIM_AFTER);
         loop {
             if !self.rbuf.is_empty() {
                 head_deadline.get_or_insert_with(|| Instant::now() + t.head);
@@ -196,14 +204,16 @@ impl Conn {
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
-            if self.rbuf.capacity() - self.rbuf.len() < INITIAL_BUFFER / 2 {
-                self.rbuf.reserve(INITIAL_BUFFER);
-            }
+            let trim = trim_at.filter(|at| self.rbuf.is_empty() && *at < deadline);
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return HeadRead::Close,
-                r = timeout_at(deadline, self.client.read_buf(&mut self.rbuf)) => r,
+                r = timeout_at(trim.unwrap_or(deadline), read_some(&self.client, &mut self.rbuf)) => r,
             };
             match read {
+                Err(_) if trim.is_some() => {
+                    trim_at = None;
+                    self.release_buffers();
+                }
                 Err(_) if self.rbuf.is_empty() => return HeadRead::Close,
                 Err(_) => return HeadRead::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Close,
@@ -370,6 +380,19 @@ impl Conn {
         linger(&mut self.client, LINGER_TIMEOUT).await;
     }
 
+    /// Gives back every buffer while the connection waits for its next request (catalog G1).
+    fn release_buffers(&mut self) {
+        self.rbuf = BytesMut::new();
+        self.head_buf = Vec::new();
+        self.body = Vec::new();
+        self.send = Vec::new();
+        self.out = Vec::new();
+        self.head = RequestHead::default();
+        if let Some(up) = self.upstream.as_mut() {
+            up.trim();
+        }
+    }
+
     /// Gives back memory a large request needed (catalog G1: idle connections stay small).
     fn trim_buffers(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
@@ -383,10 +406,26 @@ impl Conn {
     }
 }
 
+/// Waits until the client socket is readable, then reads what is there into `buf`, reserving room only then (an
+/// idle connection holds no read buffer). `Ok(0)`: the client closed.
+async fn read_some(client: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        client.readable().await?;
+        if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
+            buf.reserve(INITIAL_BUFFER);
+        }
+        match client.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            result => return result,
+        }
+    }
+}
+
 /// Reads and discards at most [`LINGER_BYTES`] for at most `limit`.
 async fn linger(client: &mut TcpStream, limit: Duration) {
     let deadline = Instant::now() + limit;
-    let mut sink = [0u8; 4096];
+    // On the heap: a 4 KiB array here would sit in every connection's task for its whole life.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0;
     while drained < LINGER_BYTES {
         match timeout_at(deadline, client.read(&mut sink)).await {

@@ -42,10 +42,17 @@ impl Upstream {
                 let _ = stream.set_nodelay(true);
                 Ok(Upstream {
                     stream,
-                    buf: BytesMut::with_capacity(INITIAL_BUFFER),
+                    buf: BytesMut::new(),
                 })
             }
             _ => Err(Reason::UpstreamConnect),
+        }
+    }
+
+    /// Gives back the read buffer when it holds nothing (an idle connection); reads reserve it again.
+    pub(super) fn trim(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
