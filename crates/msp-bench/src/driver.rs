@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
+use gpa::proxy::limits::FD_RESERVE;
+
 use crate::cleanup::Cleanup;
 use crate::http;
 use crate::procfs;
@@ -30,6 +32,10 @@ const IDLE_SETTLE: Duration = Duration::from_secs(1);
 /// The descriptor limit the bench gives itself and its children (the 10,000-connection hold needs two per
 /// connection in the agent and one each in the worker and the host).
 const NOFILE: u64 = 65_536;
+/// Descriptors left unused below the agent's cap in the hold (its listener, logs, eBPF maps and the bench's probes).
+const FD_MARGIN: u64 = 64;
+/// Pause between the last held connection and the RSS reading: longer than the agent's idle-buffer grace.
+const HOLD_SETTLE: Duration = Duration::from_millis(1000);
 
 /// How the run is shaped.
 #[derive(Debug, Clone)]
@@ -86,7 +92,7 @@ impl Worker {
         let json = serde_json::to_string(spec).map_err(|e| BenchError::Worker(e.to_string()))?;
         let mut proc = Proc::spawn(
             Command::new(exe)
-                .args(["worker", "--spec", &json])
+                .arg("worker")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
@@ -101,11 +107,13 @@ impl Worker {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(BenchError::Worker("no pipes".into()));
         };
-        Ok(Worker {
+        let mut worker = Worker {
             proc,
             stdin,
             stdout: BufReader::new(stdout),
-        })
+        };
+        worker.say(&json)?;
+        Ok(worker)
     }
 
     fn say(&mut self, line: &str) -> Result<(), BenchError> {
@@ -360,12 +368,17 @@ fn cold_start(stack: &mut Stack, cleanup: &Cleanup) -> Result<f64, BenchError> {
     Ok(done.saturating_sub(started) as f64 / 1e6)
 }
 
-/// Holds `opts.scale` keep-alive connections through the agent and reads its RSS meanwhile.
+/// Holds `opts.scale` keep-alive connections through the agent (or as many as its descriptor limit fits: two
+/// per connection plus its reserve, spec §8.4) and reads its RSS once they are all idle.
 fn hold(stack: &Stack, opts: &Options, cleanup: &Cleanup) -> Result<Scale, BenchError> {
     let agent = stack.agent_pid().unwrap_or(0);
     let before = procfs::rss(agent).unwrap_or(0);
+    let nofile_hard = procfs::nofile_hard(agent).unwrap_or(u64::MAX);
+    let fits = usize::try_from(nofile_hard.saturating_sub(FD_RESERVE + FD_MARGIN) / 2)
+        .unwrap_or(usize::MAX);
+    let connections = opts.scale.min(fits);
     let spec = Spec {
-        connections: opts.scale,
+        connections,
         pattern: Pattern::Hold,
         ..probe_spec(
             stack,
@@ -380,13 +393,16 @@ fn hold(stack: &Stack, opts: &Options, cleanup: &Cleanup) -> Result<Scale, Bench
     let mut worker = Worker::spawn(&spec, Some(&stack.cgroup), cleanup)?;
     worker.say("go")?;
     let held_line = worker.line()?;
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(HOLD_SETTLE);
     let at_scale = procfs::rss(agent).unwrap_or(0);
     let load = procfs::loadavg();
     worker.say("release")?;
     let o = worker.outcome()?;
     Ok(Scale {
-        connections: opts.scale,
+        requested: opts.scale,
+        nofile_hard,
+        connections,
+        per_connection_bytes: at_scale.saturating_sub(before) as f64 / o.held.max(1) as f64,
         held: o.held,
         failed: o.failed,
         first_error: o.first_error,

@@ -56,18 +56,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The load generator (started by the bench itself).
+    /// The load generator (started by the bench itself; its spec comes on standard input).
     #[command(hide = true)]
-    Worker {
-        #[arg(long)]
-        spec: String,
-    },
+    Worker,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Worker { spec }) = cli.command {
-        return match msp_bench::worker::main(&spec) {
+    if let Some(Command::Worker) = cli.command {
+        return match msp_bench::worker::main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("msp-bench worker: {e}");

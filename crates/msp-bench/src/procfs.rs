@@ -40,6 +40,17 @@ pub fn rss(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS").map(|k| k * 1024)
 }
 
+/// The hard `RLIMIT_NOFILE` of a process, from `/proc/<pid>/limits` (`None`: unreadable or unlimited).
+pub fn nofile_hard(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Peak resident set size since start, bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM").map(|k| k * 1024)

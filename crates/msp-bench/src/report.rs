@@ -87,9 +87,17 @@ pub struct AgentFacts {
     pub cold_start_median_ms: f64,
 }
 
+/// The connection count of the memory-at-scale target (issue 8).
+pub const TARGET_CONNECTIONS: usize = 10_000;
+
 /// The connection hold.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Scale {
+    /// Connections asked for (`--scale`).
+    pub requested: usize,
+    /// The agent's hard descriptor limit (it cannot be raised without `CAP_SYS_RESOURCE`).
+    pub nofile_hard: u64,
+    /// Connections opened: what was asked, or what the agent's descriptor limit fits.
     pub connections: usize,
     pub held: u64,
     pub failed: u64,
@@ -99,6 +107,8 @@ pub struct Scale {
     pub open_ms: f64,
     pub agent_rss_before_bytes: u64,
     pub agent_rss_bytes: u64,
+    /// (RSS at scale − RSS before) / held.
+    pub per_connection_bytes: f64,
     pub load_average: [f64; 3],
     pub note: String,
 }
@@ -217,15 +227,15 @@ impl Report {
             self.settings.nice,
         );
         md.push_str(
-            "| workload | direct req/s | agent req/s | ratio | direct p50 / p90 / p99 / p99.9 µs | agent p50 / p90 / p99 / p99.9 µs | added p50 / p99 µs | agent CPU µs/req | load avg (1 min) |\n\
-             |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+            "| workload | direct req/s | agent req/s | ratio | direct p50 / p90 / p99 / p99.9 µs | agent p50 / p90 / p99 / p99.9 µs | added p50 / p99 µs | agent CPU µs/req | host CPU µs/req direct / via agent | load avg (1 min) |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         let pct =
             |p: &Percentiles| format!("{:.0} / {:.0} / {:.0} / {:.0}", p.p50, p.p90, p.p99, p.p999);
         for w in &self.workloads {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.0} | {:.2}× | {} | {} | +{:.0} / +{:.0} | {:.1} | {:.2}–{:.2} |",
+                "| {} | {:.0} | {:.0} | {:.2}× | {} | {} | {:+.0} / {:+.0} | {:.1} | {:.1} / {:.1} | {:.2}–{:.2} |",
                 w.title,
                 w.direct.rps,
                 w.agent.rps,
@@ -235,6 +245,8 @@ impl Report {
                 w.added_us.p50,
                 w.added_us.p99,
                 w.agent.agent_cpu_us,
+                w.direct.host_cpu_us,
+                w.agent.host_cpu_us,
                 w.load_average_before[0],
                 w.load_average_after[0],
             );
@@ -270,7 +282,7 @@ impl Report {
                     "keep-alive 1 conn: added p50 ≤ +{} µs",
                     target::KA1_ADDED_P50_US
                 ),
-                format!("+{:.1} µs", w.added_us.p50),
+                format!("{:+.1} µs", w.added_us.p50),
                 Some(w.added_us.p50 <= target::KA1_ADDED_P50_US),
             );
             row(
@@ -278,7 +290,7 @@ impl Report {
                     "keep-alive 1 conn: added p99 ≤ +{} µs",
                     target::KA1_ADDED_P99_US
                 ),
-                format!("+{:.1} µs", w.added_us.p99),
+                format!("{:+.1} µs", w.added_us.p99),
                 Some(w.added_us.p99 <= target::KA1_ADDED_P99_US),
             );
             row(
@@ -308,7 +320,7 @@ impl Report {
                         w.title,
                         target::NEWCONN_ADDED_P50_US
                     ),
-                    format!("+{:.1} µs", w.added_us.p50),
+                    format!("{:+.1} µs", w.added_us.p50),
                     Some(w.added_us.p50 <= target::NEWCONN_ADDED_P50_US),
                 );
             }
@@ -326,11 +338,35 @@ impl Report {
             None,
         );
         if let Some(s) = &self.scale {
+            let capped = if s.connections < s.requested {
+                format!(
+                    "; {} asked, {} fit the descriptor limit (hard RLIMIT_NOFILE {}, 2 per connection + 256)",
+                    s.requested, s.connections, s.nofile_hard
+                )
+            } else {
+                String::new()
+            };
             row(
                 &format!("agent RSS at {} held connections ≤ 32 MiB", s.connections),
-                format!("{} ({} held)", mib(s.agent_rss_bytes), s.held),
+                format!(
+                    "{} ({} held; {:.2} KiB per connection over idle{capped})",
+                    mib(s.agent_rss_bytes),
+                    s.held,
+                    s.per_connection_bytes / 1024.0,
+                ),
                 Some(s.agent_rss_bytes <= target::RSS_SCALE && s.held as usize == s.connections),
             );
+            if s.connections < TARGET_CONNECTIONS {
+                let at_target = s.agent_rss_before_bytes as f64
+                    + s.per_connection_bytes * TARGET_CONNECTIONS as f64;
+                row(
+                    &format!(
+                        "agent RSS at {TARGET_CONNECTIONS} connections, extrapolated per connection ≤ 32 MiB"
+                    ),
+                    mib(at_target as u64),
+                    Some(at_target <= target::RSS_SCALE as f64),
+                );
+            }
         }
         row(
             "stripped gpa ≤ 5 MiB",

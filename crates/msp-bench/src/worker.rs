@@ -1,6 +1,7 @@
 //! The load generator: a child process of the bench (`msp-bench worker`), so the bench can place it in the
-//! redirected cgroup or leave it outside. It reads its [`Spec`], waits for `go` on standard input (by then it
-//! sits in the cgroup it belongs to), runs, and prints one [`Outcome`] as JSON on standard output.
+//! redirected cgroup or leave it outside. It reads its [`Spec`] (one JSON line on standard input, so its command
+//! line stays as short as a real client's: the agent records it in every connection's claims), waits for `go`
+//! (by then it sits in the cgroup it belongs to), runs, and prints one [`Outcome`] as JSON on standard output.
 //!
 //! Up to [`THREAD_LIMIT`] connections get one blocking OS thread each (the cheapest client per request: a
 //! `write` and a blocking `read`); more share one current-thread tokio runtime. The whole process is pinned to
@@ -98,12 +99,16 @@ pub struct Outcome {
 }
 
 /// Runs a worker: `go` on stdin, the job, the outcome on stdout.
-pub fn main(spec_json: &str) -> Result<(), String> {
-    let spec: Spec = serde_json::from_str(spec_json).map_err(|e| format!("spec: {e}"))?;
+pub fn main() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("stdin: {e}"))?;
+    let spec: Spec = serde_json::from_str(&line).map_err(|e| format!("spec: {e}"))?;
     if let Some(cpu) = spec.cpu {
         pin(cpu)?;
     }
-    let mut line = String::new();
+    line.clear();
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| format!("stdin: {e}"))?;

@@ -48,12 +48,12 @@ fn ensure_binaries(dir: &std::path::Path) {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--bin", "gpa", "--bin", "msp-host"])
+        .args(["build", "-p", "gpa", "-p", "msp-host", "--bins"])
         .status()
         .expect("run cargo build");
     assert!(
         status.success(),
-        "cargo build --bin gpa --bin msp-host failed"
+        "cargo build -p gpa -p msp-host --bins failed"
     );
 }
 
