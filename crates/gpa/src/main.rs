@@ -107,9 +107,10 @@ fn init_tracing(config: &Config, events: &EventSink) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread: on the 2-core VMs the agent shares with its callers, a second worker costs cross-thread
-    // wake-ups and halves nothing (BENCHMARKS.md: keep-alive 64 connections 0.59× → 0.84× direct). Blocking
-    // work (a first `/proc` read of a process, NSS) still runs on tokio's blocking threads.
+    // One thread: on the 2-core VMs the agent shares with its callers a second worker buys no throughput
+    // (BENCHMARKS.md, history: equal within noise on a quiet machine, ahead under load) and costs a thread, its
+    // stack and its allocator arena. Blocking work (a first `/proc` read of a process, NSS) still runs on
+    // tokio's blocking threads.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
