@@ -29,7 +29,7 @@ use self::keystore::{KeyStore, LastStatus};
 use self::machine::{Action, Env, Event, KeyKeeper, Level, LocalKey};
 use self::rules::RulesResolver;
 use crate::config::EndpointAddrs;
-use crate::snapshot::{HostClock, ReadyKey, SnapshotPublisher};
+use crate::snapshot::{HostClock, Items, ReadyKey, SnapshotPublisher};
 use crate::status::provision::{KEY_LATCH_READY, Provisioning};
 use crate::status::{Module, StatusBoard};
 use crate::storage::{self, SecureDir};
@@ -162,9 +162,12 @@ impl Shell {
             self.log(Level::Error, format!("rules directory unusable: {e}"));
         }
         let (status, key) = self.store()?.restore()?;
-        if let Some(update) = self.rules.resolve(&status).await {
-            self.apply_rules(update, &status);
-        }
+        // The rules snapshot file (two fsyncs) is written once the restored key is in force, not before.
+        let rules_items = self
+            .rules
+            .resolve(&status)
+            .await
+            .map(|update| self.publish_rules(update));
         // The modes and rule ids of the persisted status apply at once; the state string stays `Unknown` until
         // the first successful poll (conf 8), also for `/provision` (spec §9.6).
         let channel = ChannelState {
@@ -196,6 +199,9 @@ impl Shell {
                 uptime_ms()
             ),
         );
+        if let Some(items) = rules_items {
+            self.write_rules_snapshot(&status, &items);
+        }
         self.status = Some(status);
         self.update_states();
         Some(key)
@@ -306,6 +312,12 @@ impl Shell {
     }
 
     fn apply_rules(&mut self, update: rules::RulesUpdate, status: &KeyStatus) {
+        let items = self.publish_rules(update);
+        self.write_rules_snapshot(status, &items);
+    }
+
+    /// Puts resolved rules in force (spec §4.9: publish a new snapshot).
+    fn publish_rules(&mut self, update: rules::RulesUpdate) -> Arc<Items> {
         self.rules_errors = update
             .errors
             .iter()
@@ -313,8 +325,13 @@ impl Shell {
             .collect();
         let items = Arc::new(update.items);
         self.task.publisher.publish(|s| s.items = items.clone());
+        items
+    }
+
+    /// Writes the rules snapshot file of spec §4.9 into the log folder, when there is one.
+    fn write_rules_snapshot(&self, status: &KeyStatus, items: &Items) {
         if let (Some(dir), Some(input)) = (&self.task.log_dir, &status.authorization_rules)
-            && let Err(e) = rules::write_rules_file(dir, input, &items, crate::clock::unix_nanos())
+            && let Err(e) = rules::write_rules_file(dir, input, items, crate::clock::unix_nanos())
         {
             tracing::warn!(error = %e, "cannot write the rules snapshot file");
         }
