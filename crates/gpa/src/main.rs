@@ -107,11 +107,10 @@ fn init_tracing(config: &Config, events: &EventSink) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // One thread: on the 2-core VMs the agent shares with its callers a second worker buys no throughput
-    // (BENCHMARKS.md, history: equal within noise on a quiet machine, ahead under load) and costs a thread, its
-    // stack and its allocator arena. Blocking work (a first `/proc` read of a process, NSS) still runs on
-    // tokio's blocking threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Multi-thread, though one thread proxies as fast on 2 cores (BENCHMARKS.md, history): the key keeper and the
+    // status writer write files with fsync on runtime threads, and on a single thread every such write would
+    // stall every connection.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
