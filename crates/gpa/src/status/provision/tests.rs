@@ -10,7 +10,7 @@ use super::*;
 struct CountingHooks {
     policy: AtomicUsize,
     started: AtomicUsize,
-    finished: std::sync::Mutex<Vec<String>>,
+    finished: Mutex<Vec<String>>,
 }
 
 impl ProvisionHooks for CountingHooks {
@@ -148,7 +148,7 @@ async fn conf_086_latch_timeout_writes_the_missing_lines_once_per_timer() {
     assert_eq!(hooks.started.load(Ordering::SeqCst), 1);
     assert_eq!(
         *hooks.finished.lock().unwrap(),
-        [tag.clone()],
+        std::slice::from_ref(&tag),
         "announced with the error lines"
     );
     // Once per timer: no second write until a reset.
