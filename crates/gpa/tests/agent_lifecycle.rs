@@ -347,6 +347,16 @@ async fn g3_unreachable_host_keeps_serving_the_latched_key_and_recovers() {
     let ready = agent.ready_key().unwrap();
     assert_eq!(ready.guid.to_string(), guid);
     assert_eq!(host.latched().await, Some(guid));
+    wait_until(
+        "the status no longer says the poll fails",
+        Duration::from_secs(5),
+        || {
+            agent
+                .latch_message()
+                .starts_with("Key status received again after failed polls. - ")
+        },
+    )
+    .await;
     let r = host.signed_goal_state(&ready.guid, &ready.key).await;
     assert_eq!(r.status, 200, "the served key still signs: {}", r.text());
     let calls = host.calls().await;
