@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+pub mod unit;
 
 #[cfg(test)]
 mod test_host;

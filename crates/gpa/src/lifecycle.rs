@@ -34,6 +34,7 @@ use crate::status::{Module, Provisioning, StatusBoard, StatusHub};
 use crate::telemetry::EventSink;
 use crate::telemetry::sender::TelemetrySender;
 use crate::telemetry::spool::Spool;
+use crate::unit::Unit;
 
 /// Redirector start attempts and their spacing (spec §9.2 `ebpfProgramStatus`).
 pub const REDIRECTOR_ATTEMPTS: u32 = 5;
@@ -205,6 +206,8 @@ struct Hooks {
     policy: Arc<dyn PolicySink>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     start: watch::Sender<bool>,
+    /// Set when the agent runs as its own systemd unit (spec §9.5 steps 3 and 4).
+    unit: Option<Unit>,
 }
 
 impl ProvisionHooks for Hooks {
@@ -219,7 +222,16 @@ impl ProvisionHooks for Hooks {
     }
 
     fn start_services(&self) {
-        self.start.send_replace(true);
+        let started = self.start.send_replace(true);
+        if let (false, Some(unit)) = (started, &self.unit) {
+            unit.limit_cpu();
+        }
+    }
+
+    fn finished(&self, error: &str) {
+        if let Some(unit) = &self.unit {
+            unit.announce(error);
+        }
     }
 }
 
@@ -254,6 +266,7 @@ impl Agent {
                 policy: policy.clone(),
                 snapshots: snapshots.clone(),
                 start: start_tx.clone(),
+                unit: Unit::detect(),
             }),
         ));
         if redirector.is_some() {

@@ -16,7 +16,7 @@ use tracing_subscriber::{Layer, fmt};
 
 /// Guest Proxy Agent: intercepts metadata calls with eBPF, authorizes, signs and forwards them.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, after_help = ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,6 +51,22 @@ enum Command {
         print_defaults: bool,
     },
 }
+
+/// The long help of `gpa --help`.
+const ABOUT: &str = "\
+The agent runs as root in the VM (packaging/gpa.service). eBPF sends every connect() to WireServer
+(168.63.129.16:80), HostGAPlugin (168.63.129.16:32526) and IMDS (169.254.169.254:80) to its proxy on
+127.0.0.1:3080 and records in the kernel which process and user made it. The agent latches the VM's key from
+the host, checks each request against the host's allowlist (users, groups, executables, URL paths), signs and
+forwards what is allowed and refuses the rest (403 in Enforce; forwarded and recorded in Audit).
+
+Configuration: /etc/azure/proxy-agent.json, else proxy-agent.json next to the binary; every key is optional
+(`gpa config --print-defaults` lists them). A bad file is refused with its path, the key and the problem.
+Files: keys in /var/lib/azure-proxy-agent/keys (0700/0600); status.json, logs and rules snapshots in
+/var/log/azure-proxy-agent (0640).
+
+Exit codes: 0 success; 1 the agent failed or stopped with an error (logged); 2 invalid arguments;
+64 bad configuration. `gpa status --help` lists its own.";
 
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;

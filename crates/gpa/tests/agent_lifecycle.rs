@@ -1,5 +1,10 @@
-//! The agent's core against a secure-channel host on loopback: latching, restart, rotation, disabled, an
-//! unreachable host, the status report, provisioning tags, and the listener bind rule.
+//! The agent's core against the real `msp-host`, started in-process on loopback with a store of its own:
+//! latching, restart, rotation after an owner reset, disabled, an unreachable host, the status report,
+//! provisioning tags, and the listener bind rule (spec §2.8–§2.10, §7.5, §9.3–§9.5).
+//!
+//! What the host saw is read the way an operator reads it: the admin API's VM view (latched guid, incarnation,
+//! pending keys, instance view) and its audit log (one record per call, so acquires and polls are counted
+//! there). Modes and keys are changed through the admin API, as an owner would.
 
 mod support;
 
@@ -12,10 +17,12 @@ use std::time::Duration;
 use gpa::config::Config;
 use gpa::keykeeper::{PolicyError, PolicySink};
 use gpa::lifecycle::{Agent, Parts, RedirectorHandle, bind_listener};
+use gpa::snapshot::ReadyKey;
 use gpa::status::{Module, StatusBoard};
 use gpa::telemetry::EventSink;
 use msp_core::status::ModuleState;
-use support::{FakeWireServer, HostMode};
+use msp_host::vm::key_status::DEFAULT_ITEM_ID;
+use support::{TestHost, VM, eventually, restart_address};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -36,7 +43,8 @@ impl RecordingPolicy {
     }
 }
 
-fn config(root: &Path, host: SocketAddr) -> Config {
+/// The agent's configuration for `host`: its three front ends are the fabric endpoints.
+fn config(root: &Path, host: &TestHost) -> Config {
     Config {
         log_folder: root.join("log"),
         event_folder: root.join("log/events"),
@@ -44,9 +52,9 @@ fn config(root: &Path, host: SocketAddr) -> Config {
         poll_key_status_interval_in_seconds: 1,
         monitor_interval_in_seconds: 1,
         host_call_timeout_in_seconds: 2,
-        wire_server_endpoint: host,
-        host_ga_plugin_endpoint: SocketAddr::new(host.ip(), 1),
-        imds_endpoint: "127.0.0.254:9".parse().unwrap(),
+        wire_server_endpoint: host.host.wireserver,
+        host_ga_plugin_endpoint: host.host.hostga,
+        imds_endpoint: host.host.imds,
         proxy_listen_address: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     }
@@ -80,13 +88,12 @@ impl Running {
         self.agent.stop().await;
     }
 
+    fn ready_key(&self) -> Option<ReadyKey> {
+        self.agent.snapshots.borrow().key.clone()
+    }
+
     fn key_guid(&self) -> Option<String> {
-        self.agent
-            .snapshots
-            .borrow()
-            .key
-            .as_ref()
-            .map(|k| k.guid.to_string())
+        self.ready_key().map(|k| k.guid.to_string())
     }
 
     fn latch_message(&self) -> String {
@@ -95,14 +102,7 @@ impl Running {
 }
 
 async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(what, limit, || std::future::ready(f())).await;
 }
 
 fn mode(p: &Path) -> u32 {
@@ -116,19 +116,28 @@ fn key_file(root: &Path, guid: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_020_022_fresh_latch_then_restart_reuses_the_stored_key() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let host = TestHost::start().await;
+    let agent = Running::start(config(root.path(), &host)).await;
     wait_until("a latched key", Duration::from_secs(10), || {
         agent.key_guid().is_some()
     })
     .await;
     let guid = agent.key_guid().unwrap();
+    let view = host.view().await;
     assert_eq!(
-        host.latched_guid().as_deref(),
+        view.key.latched_guid.as_deref(),
         Some(guid.as_str()),
         "the host latched the attested key"
     );
-    assert_eq!(host.with(|s| (s.acquires, s.attests)), (1, 1));
+    assert_eq!(view.key.pending, 0, "no key left pending");
+    assert_eq!(view.key.incarnation_id, 1, "a new VM's first incarnation");
+    let calls = host.calls().await;
+    assert_eq!((calls.acquires, calls.attestations), (1, 1));
+    assert_eq!(
+        calls.issued,
+        [guid.as_str()],
+        "the one key issued is latched"
+    );
     assert!(
         agent
             .latch_message()
@@ -143,9 +152,9 @@ async fn conf_020_022_fresh_latch_then_restart_reuses_the_stored_key() {
         Some("WireServer Enforce -  IMDS Enforce - HostGA Enforce")
     );
     assert_eq!(states.state("keyGuid"), Some(guid.as_str()));
-    assert_eq!(states.state("wireServerRuleId"), Some("ws-1"));
-    assert_eq!(states.state("keyIncarnationId"), Some("0"));
-    let endpoints = config(root.path(), host.addr).endpoints();
+    assert_eq!(states.state("wireServerRuleId"), Some(DEFAULT_ITEM_ID));
+    assert_eq!(states.state("keyIncarnationId"), Some("1"));
+    let endpoints = config(root.path(), &host).endpoints();
     wait_until("the enforce policy", Duration::from_secs(5), || {
         agent.policy.last().is_some_and(|p| p.len() == 3)
     })
@@ -164,54 +173,62 @@ async fn conf_020_022_fresh_latch_then_restart_reuses_the_stored_key() {
     );
     agent.stop().await;
 
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let agent = Running::start(config(root.path(), &host)).await;
     wait_until("the restored key", Duration::from_secs(3), || {
         let snap = agent.agent.snapshots.borrow().clone();
         snap.ready && snap.key.is_some()
     })
     .await;
     assert_eq!(agent.key_guid().as_deref(), Some(guid.as_str()));
-    let polls = host.with(|s| s.status_polls);
-    wait_until("two more polls", Duration::from_secs(5), || {
-        host.with(|s| s.status_polls) >= polls + 2
-    })
-    .await;
+    let before = host.calls().await;
+    host.wait_for_polls(&before, 2, Duration::from_secs(5))
+        .await;
+    let after = host.calls().await;
     assert_eq!(
-        host.with(|s| (s.acquires, s.attests)),
+        (after.acquires, after.attestations),
         (1, 1),
         "no acquire or attest after a restart"
     );
+    let view = host.view().await;
+    assert_eq!(view.key.latched_guid.as_deref(), Some(guid.as_str()));
+    assert_eq!(view.key.pending, 0, "no new key issued");
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_023_025_rotation_follows_a_reset_pairs_guid_and_key_and_deletes_old_keys() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let host = TestHost::start().await;
+    let admin = host.admin();
+    let agent = Running::start(config(root.path(), &host)).await;
     let mut guids = Vec::new();
-    for round in 0..3 {
+    for round in 0..3u32 {
         wait_until("a latched key", Duration::from_secs(10), || {
             agent.key_guid().is_some_and(|g| !guids.contains(&g))
         })
         .await;
-        let guid = agent.key_guid().unwrap();
+        let ready = agent.ready_key().unwrap();
+        let guid = ready.guid.to_string();
         assert_eq!(
-            host.latched_guid().as_deref(),
+            host.latched().await.as_deref(),
             Some(guid.as_str()),
             "round {round}"
         );
-        // conf 23: the snapshot pairs the guid with exactly that guid's key.
-        let snap = agent.agent.snapshots.borrow().clone();
-        let ready = snap.key.as_ref().unwrap();
-        let latched = host.with(|s| s.latched.clone()).unwrap();
-        assert_eq!(
-            (ready.guid.as_str(), ready.key.as_bytes()),
-            (latched.0.as_str(), &latched.1)
-        );
+        // conf 23: the snapshot pairs the guid with exactly that guid's key: the host accepts what it signs.
+        let r = host.signed_goal_state(&ready.guid, &ready.key).await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
         guids.push(guid);
-        host.reset_key();
-        // What the proxy does on a `401 KEY_UNKNOWN`.
+
+        // The owner resets the key (spec §12.2); the host forgets it at once.
+        assert_eq!(admin.reset_key(VM).await.unwrap(), round + 2);
+        let r = host.signed_goal_state(&ready.guid, &ready.key).await;
+        assert_eq!(
+            (r.status, r.header("x-msp-reason")),
+            (401, Some("KEY_UNKNOWN")),
+            "round {round}"
+        );
+        // What the proxy does on that `401 KEY_UNKNOWN`.
         agent.agent.keeper.key_unknown();
     }
     wait_until("the fourth key", Duration::from_secs(10), || {
@@ -219,6 +236,16 @@ async fn conf_023_025_rotation_follows_a_reset_pairs_guid_and_key_and_deletes_ol
     })
     .await;
     let current = agent.key_guid().unwrap();
+    let view = host.view().await;
+    assert_eq!(view.key.latched_guid.as_deref(), Some(current.as_str()));
+    assert_eq!(view.key.incarnation_id, 4);
+    let mut issued = guids.clone();
+    issued.push(current.clone());
+    assert_eq!(
+        host.calls().await.issued,
+        issued,
+        "one new key per reset, each the one latched"
+    );
     assert!(key_file(root.path(), &current).exists());
     assert!(
         key_file(root.path(), &guids[2]).exists(),
@@ -230,20 +257,23 @@ async fn conf_023_025_rotation_follows_a_reset_pairs_guid_and_key_and_deletes_ol
     );
     assert!(!key_file(root.path(), &guids[1]).exists());
     let states = agent.agent.board.proxy_agent_status().key_latch_status;
-    assert_eq!(states.state("keyIncarnationId"), Some("3"));
+    assert_eq!(states.state("keyIncarnationId"), Some("4"));
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_024_disabled_drops_the_key_and_the_policy() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let host = TestHost::start().await;
+    let agent = Running::start(config(root.path(), &host)).await;
     wait_until("a latched key", Duration::from_secs(10), || {
         agent.key_guid().is_some()
     })
     .await;
-    host.set_mode(HostMode::Disabled);
+    let mut settings = host.view().await.proxy_agent_settings;
+    settings.enabled = false;
+    host.admin().put_settings(VM, &settings).await.unwrap();
     wait_until("the key dropped", Duration::from_secs(5), || {
         agent.key_guid().is_none()
     })
@@ -264,14 +294,20 @@ async fn conf_024_disabled_drops_the_key_and_the_policy() {
     assert_eq!(states.state("secureChannelState"), Some("disabled"));
     assert_eq!(states.state("keyGuid"), None);
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g3_unreachable_host_keeps_serving_the_latched_key_and_recovers() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let (addr, state) = (host.addr, host.state.clone());
-    let agent = Running::start(config(root.path(), addr)).await;
+    let host = TestHost::start_with(|c| {
+        c.wireserver_listen = restart_address();
+        c.hostga_listen = restart_address();
+        c.imds_listen = restart_address();
+    })
+    .await;
+    let cfg = config(root.path(), &host);
+    let agent = Running::start(cfg.clone()).await;
     wait_until("a latched key", Duration::from_secs(10), || {
         agent.key_guid().is_some()
     })
@@ -282,9 +318,10 @@ async fn g3_unreachable_host_keeps_serving_the_latched_key_and_recovers() {
     })
     .await;
     agent.stop().await;
-    drop(host);
+    let before = host.calls().await;
+    let stopped = host.stop().await;
 
-    let agent = Running::start(config(root.path(), addr)).await;
+    let agent = Running::start(cfg).await;
     wait_until("the failed poll", Duration::from_secs(5), || {
         agent
             .latch_message()
@@ -303,32 +340,66 @@ async fn g3_unreachable_host_keeps_serving_the_latched_key_and_recovers() {
         "redirection restored at once"
     );
 
-    let host = FakeWireServer::start_on(addr, state).await;
-    let polls = host.with(|s| s.status_polls);
-    wait_until("polls again", Duration::from_secs(10), || {
-        host.with(|s| s.status_polls) > polls
-    })
+    // The host comes back on the same store and addresses.
+    let host = stopped.restart().await;
+    host.wait_for_polls(&before, 1, Duration::from_secs(10))
+        .await;
+    let ready = agent.ready_key().unwrap();
+    assert_eq!(ready.guid.to_string(), guid);
+    assert_eq!(host.latched().await, Some(guid));
+    wait_until(
+        "the status no longer says the poll fails",
+        Duration::from_secs(5),
+        || {
+            agent
+                .latch_message()
+                .starts_with("Key status received again after failed polls. - ")
+        },
+    )
     .await;
-    assert_eq!(agent.key_guid(), Some(guid));
-    assert_eq!(host.with(|s| s.acquires), 1);
+    let r = host.signed_goal_state(&ready.guid, &ready.key).await;
+    assert_eq!(r.status, 200, "the served key still signs: {}", r.text());
+    let calls = host.calls().await;
+    assert_eq!(
+        (calls.acquires, calls.attestations),
+        (1, 1),
+        "never re-acquired"
+    );
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_099_086_status_report_reaches_the_host_signed_and_tags_are_written() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let mut cfg = config(root.path(), host.addr);
+    let host = TestHost::start().await;
+    let mut cfg = config(root.path(), &host);
     cfg.report_status_to_host = true;
     let agent = Running::start(cfg).await;
-    wait_until("a signed SUCCESS report", Duration::from_secs(15), || {
-        host.with(|s| {
-            s.reports
-                .iter()
-                .any(|(signed, doc)| *signed && doc["proxyAgentStatus"]["status"] == "SUCCESS")
-        })
-    })
+    eventually(
+        "a signed SUCCESS report",
+        Duration::from_secs(15),
+        || async {
+            let view = host.view().await;
+            view.instance_view.is_some_and(|iv| {
+                iv.signed_by.is_some() && iv.proxy_agent_status["status"] == "SUCCESS"
+            })
+        },
+    )
     .await;
+    let guid = agent.key_guid().unwrap();
+    let view = host.view().await;
+    let instance = view.instance_view.unwrap();
+    assert_eq!(
+        instance.signed_by.as_deref(),
+        Some(guid.as_str()),
+        "signed with the latched key"
+    );
+    assert!(view.provisioned, "the host counts the VM provisioned");
+    assert!(
+        host.calls().await.reports >= 1,
+        "the audit log counts reports"
+    );
     let keys = root.path().join("state/keys");
     assert_eq!(
         std::fs::read(keys.join("status.tag")).unwrap(),
@@ -339,31 +410,31 @@ async fn conf_099_086_status_report_reaches_the_host_signed_and_tags_are_written
     let status = root.path().join("log/status.json");
     assert_eq!(mode(&status), 0o640);
     let text = std::fs::read_to_string(&status).unwrap();
-    let guid = agent.key_guid().unwrap();
     assert!(text.contains(&guid), "status shows the key guid");
-    let latched = host.with(|s| {
-        s.latched
-            .as_ref()
-            .map(|(_, k)| hex::encode_upper(k))
-            .unwrap()
-    });
-    assert!(
-        !text.to_uppercase().contains(&latched),
-        "never the key bytes"
-    );
+    let key = hex::encode_upper(agent.ready_key().unwrap().key.as_bytes());
+    assert!(!text.to_uppercase().contains(&key), "never the key bytes");
+    let reported = instance.proxy_agent_status.to_string().to_uppercase();
+    assert!(!reported.contains(&key), "nor in the report");
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conf_099_no_report_by_default() {
     let root = tempfile::tempdir().unwrap();
-    let host = FakeWireServer::start().await;
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let host = TestHost::start().await;
+    let agent = Running::start(config(root.path(), &host)).await;
     let status = root.path().join("log/status.json");
     wait_until("status.json", Duration::from_secs(15), || status.exists()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(host.with(|s| s.reports.is_empty()));
+    assert_eq!(
+        host.calls().await.reports,
+        0,
+        "no PUT ?comp=proxyagentstatus"
+    );
+    assert!(host.view().await.instance_view.is_none());
     agent.stop().await;
+    host.shutdown().await;
 }
 
 #[tokio::test]
@@ -409,8 +480,8 @@ async fn e2_a_symlinked_key_directory_is_refused_and_the_status_says_why() {
     std::fs::create_dir(&victim).unwrap();
     std::fs::create_dir(root.path().join("state")).unwrap();
     std::os::unix::fs::symlink(&victim, root.path().join("state/keys")).unwrap();
-    let host = FakeWireServer::start().await;
-    let agent = Running::start(config(root.path(), host.addr)).await;
+    let host = TestHost::start().await;
+    let agent = Running::start(config(root.path(), &host)).await;
     wait_until("the refusal in the status", Duration::from_secs(10), || {
         agent.latch_message().contains("symlink")
     })
@@ -424,6 +495,8 @@ async fn e2_a_symlinked_key_directory_is_refused_and_the_status_says_why() {
     );
     assert!(agent.key_guid().is_none(), "no key without a stored copy");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
-    assert_eq!(host.with(|s| s.attests), 0, "nothing attested");
+    assert_eq!(host.calls().await.attestations, 0, "nothing attested");
+    assert_eq!(host.latched().await, None, "nothing latched");
     agent.stop().await;
+    host.shutdown().await;
 }

@@ -133,15 +133,9 @@ impl EndpointAddrs {
     }
 }
 
-/// `[::ffff:a.b.c.d]:p` → `a.b.c.d:p`; any other address unchanged.
-pub(crate) fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
+/// `[::ffff:a.b.c.d]:p` → `a.b.c.d:p`; any other address unchanged (spec §5.4).
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ impl Cidr {
 
     /// Whether `ip` lies inside the block (IPv4-mapped IPv6 addresses match IPv4 blocks).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, unmap(ip)) {
+        match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -48,14 +48,6 @@ impl Cidr {
     }
 }
 
-/// `::ffff:a.b.c.d` is the IPv4 peer `a.b.c.d`.
-pub fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl FromStr for Cidr {
     type Err = CidrError;
 
@@ -67,7 +59,7 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (text, None),
         };
-        let network = unmap(addr.parse::<IpAddr>().map_err(|_| bad())?);
+        let network = addr.parse::<IpAddr>().map_err(|_| bad())?.to_canonical();
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {

@@ -57,11 +57,16 @@ fn workspace_fns() -> BTreeSet<String> {
     out
 }
 
-/// The catalog table of SECURITY.md: ID → the test names (in backticks) of its row.
+/// The catalog table of SECURITY.md (the one headed `| ID | expected (catalog) |`, up to the first line that is
+/// not a table row): ID → the test names (in backticks) of its row. Other tables may name IDs too.
 fn table() -> BTreeMap<String, Vec<String>> {
     let text = std::fs::read_to_string(root().join("SECURITY.md")).expect("SECURITY.md");
+    let catalog = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| ID | expected (catalog) |"))
+        .take_while(|l| l.starts_with('|'));
     let mut rows = BTreeMap::new();
-    for line in text.lines() {
+    for line in catalog {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         let Some(id) = cells.get(1) else { continue };
         if !all_ids().iter().any(|i| i == id) {

@@ -159,6 +159,9 @@ pub struct KeyKeeper {
     acquired_last_iteration: bool,
     /// The (guid, status incarnation) last warned about, so the warning is not repeated every poll.
     incarnation_warned: Option<(String, Option<u32>)>,
+    /// The message says the last poll failed; the next successful poll says so (Deviation: the reference keeps
+    /// the failure message while it is healthy again).
+    poll_failing: bool,
 }
 
 impl KeyKeeper {
@@ -175,6 +178,7 @@ impl KeyKeeper {
             last_summary: None,
             acquired_last_iteration: false,
             incarnation_warned: None,
+            poll_failing: false,
         }
     }
 
@@ -227,12 +231,20 @@ impl KeyKeeper {
                 Phase::Sleeping { wake_at }
             }
             (Phase::AwaitingStatus, Event::StatusFailed(e)) => {
+                self.poll_failing = true;
                 out.push(Action::SetMessage(format!(
                     "Failed to get key status - {e}"
                 )));
                 self.end_iteration(None, env, &mut out)
             }
             (Phase::AwaitingStatus, Event::StatusReceived(status)) => {
+                if std::mem::take(&mut self.poll_failing) {
+                    // Later messages of this iteration (a key step, a transition) replace this one.
+                    out.push(Action::SetMessage(format!(
+                        "Key status received again after failed polls. - {}",
+                        env.uptime.as_millis()
+                    )));
+                }
                 self.on_status(&status, env, &mut out)
             }
             (Phase::AwaitingLocalKey(iter), Event::LocalKeyChecked(found)) => match found {

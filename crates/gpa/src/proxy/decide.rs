@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use msp_core::canon::{self, Destination, Method};
+use msp_core::endpoint::unmap;
 use msp_core::rules::{self, Decision};
 use msp_core::{Claims, Endpoint, Reason};
 
@@ -201,16 +202,5 @@ fn denial_detail(reason: Reason, privilege: Option<&str>) -> String {
     match privilege {
         Some(p) => format!("{reason} (privilege {p})"),
         None => reason.code().to_owned(),
-    }
-}
-
-/// `[::ffff:a.b.c.d]:p` → `a.b.c.d:p`.
-pub fn unmap(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
     }
 }

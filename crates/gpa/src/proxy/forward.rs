@@ -9,6 +9,7 @@
 //! streamed unsigned, chunk by chunk. This module must never send a byte upstream for a refused request, sign
 //! a body it has not read whole, or pair a key with another snapshot's guid.
 
+use msp_core::endpoint::unmap;
 use msp_core::sign::{self, RequestParts};
 use msp_core::{Claims, Reason};
 use tokio::io::AsyncWriteExt;
@@ -16,7 +17,7 @@ use tokio::time::{Instant, timeout};
 
 use super::chunked::ChunkedDecoder;
 use super::conn::Conn;
-use super::decide::{Forward, unmap};
+use super::decide::Forward;
 use super::head::{Framing, RequestHead, starts_with_ignore_case};
 use super::relay::{self, Exchange, RelayError, Upstream};
 use super::response;

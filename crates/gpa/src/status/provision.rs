@@ -41,6 +41,9 @@ pub trait ProvisionHooks: Send + Sync {
     fn reapply_policy(&self);
     /// Starts telemetry and the status writer if not yet started (idempotent).
     fn start_services(&self);
+    /// Provisioning finished (all flags set, or the timer expired): `error` is the `status.tag` text, empty on
+    /// success (spec §9.5 step 3: the console announcement, when the agent is its own unit).
+    fn finished(&self, error: &str);
 }
 
 /// The `/provision` answer (spec §9.6).
@@ -205,6 +208,7 @@ impl Provisioning {
             tracing::error!(module = "Provisioning", status = %error.trim_end(), "provision finished with errors");
             self.events.emit(EventLevel::Error, "Provisioning", &error);
         }
+        self.hooks.finished(&error);
     }
 
     /// The 120 s timer: on expiry without all flags, writes the tags with the error lines, once per timer.

@@ -1,231 +1,200 @@
-//! A small secure-channel host on loopback for the agent's integration tests, until `msp-host` lands on main:
-//! status, acquire (409 once latched), attestation verified with `msp_core::sign`, owner reset, mode switch,
-//! and signed status reports. It serves only on 127.0.0.1 and never calls out.
-#![allow(dead_code, unreachable_pub)]
+//! The real `msp-host` for the agent's lifecycle tests: started in-process in its test profile (loopback front
+//! ends, every `127/8` source is VM `dev`, MSP on with WireServer and IMDS in enforce) with a store of its own,
+//! stopped and restarted on the same store and addresses, and read back only through what an operator sees:
+//! the admin API's VM view and audit log.
+//!
+//! It must never listen on or send to anything but loopback.
+#![allow(unreachable_pub)]
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use msp_core::sign::{self, KeyGuid, RequestParts, SigningKey};
-use tokio::net::TcpListener;
+use msp_core::sign::{KeyGuid, SigningKey};
+use msp_host::audit::{AuditQuery, AuditRecord, MAX_AUDIT_QUERY_ROWS, endpoint_name};
+use msp_host::client::{self, Request, Response};
+use msp_host::config::DEV_VM;
+use msp_host::vm::VmView;
+use msp_host::{AdminClient, Host, HostConfig, RunningHost};
+use tempfile::TempDir;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostMode {
-    Enforce,
-    Disabled,
+/// The VM the agent is (every loopback source belongs to it in [`HostConfig::test`]).
+pub const VM: &str = DEV_VM;
+/// The address the agent's calls come from.
+pub const AGENT_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How often [`eventually`] re-checks.
+pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// A running host and the directory of its store.
+pub struct TestHost {
+    pub host: RunningHost,
+    config: HostConfig,
+    dir: TempDir,
 }
 
-#[derive(Default)]
-pub struct HostState {
-    pub mode: Option<HostMode>,
-    pub incarnation: u32,
-    pub pending: Vec<(String, [u8; 32])>,
-    pub latched: Option<(String, [u8; 32])>,
-    pub acquires: u32,
-    pub attests: u32,
-    pub status_polls: u32,
-    /// Accepted status reports: (signed with the latched key, body).
-    pub reports: Vec<(bool, serde_json::Value)>,
+/// A stopped host: its store and the addresses it served on, to come back on them.
+pub struct StoppedHost {
+    config: HostConfig,
+    dir: TempDir,
 }
 
-pub struct FakeWireServer {
-    pub addr: SocketAddr,
-    pub state: Arc<Mutex<HostState>>,
-    task: tokio::task::JoinHandle<()>,
+/// The secure-channel and report calls the host received from the VM, counted from its audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelCalls {
+    pub status_polls: usize,
+    pub acquires: usize,
+    pub attestations: usize,
+    pub reports: usize,
+    /// The guid of every key the host issued, oldest first.
+    pub issued: Vec<String>,
 }
 
-impl Drop for FakeWireServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn guid() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn reply(status: StatusCode, reason: Option<&str>, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header(sign::DATE_HEADER, sign::format_host_date(SystemTime::now()));
-    if let Some(reason) = reason {
-        r = r.header("x-msp-reason", reason);
-    }
-    r.body(Full::new(Bytes::from(body))).unwrap()
-}
-
-impl FakeWireServer {
-    pub async fn start() -> FakeWireServer {
-        FakeWireServer::start_on("127.0.0.1:0".parse().unwrap(), Arc::default()).await
+impl TestHost {
+    pub async fn start() -> TestHost {
+        TestHost::start_with(|_| {}).await
     }
 
-    /// Serves `state` on `addr` (used to bring a stopped host back on the same port).
-    pub async fn start_on(addr: SocketAddr, state: Arc<Mutex<HostState>>) -> FakeWireServer {
-        state.lock().unwrap().mode.get_or_insert(HostMode::Enforce);
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, hyper::Error>(handle(state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        FakeWireServer { addr, state, task }
+    /// Starts with [`HostConfig::test`] changed by `edit` (front ends must stay on loopback).
+    pub async fn start_with(edit: impl FnOnce(&mut HostConfig)) -> TestHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = HostConfig::test(dir.path());
+        edit(&mut config);
+        TestHost::run(config, dir).await
     }
 
-    pub fn with<R>(&self, f: impl FnOnce(&mut HostState) -> R) -> R {
-        f(&mut self.state.lock().unwrap())
+    async fn run(config: HostConfig, dir: TempDir) -> TestHost {
+        for a in [
+            config.wireserver_listen,
+            config.hostga_listen,
+            config.imds_listen,
+        ] {
+            assert!(a.ip().is_loopback(), "{a} is not loopback");
+        }
+        let host = Host::start(config.clone()).await.expect("host starts");
+        TestHost { host, config, dir }
     }
 
-    /// Owner reset (spec §12.2): discard the latched key, increment the incarnation.
-    pub fn reset_key(&self) {
-        self.with(|s| {
-            s.latched = None;
-            s.incarnation += 1;
-        });
+    pub fn admin(&self) -> AdminClient {
+        self.host.admin()
     }
 
-    pub fn set_mode(&self, mode: HostMode) {
-        self.with(|s| s.mode = Some(mode));
+    /// The VM's settings, key facts and instance view.
+    pub async fn view(&self) -> VmView {
+        self.admin().vm_view(VM).await.expect("vm view")
     }
 
-    pub fn latched_guid(&self) -> Option<String> {
-        self.with(|s| s.latched.as_ref().map(|(g, _)| g.clone()))
+    /// The VM's latched key guid.
+    pub async fn latched(&self) -> Option<String> {
+        self.view().await.key.latched_guid
     }
-}
 
-fn status_json(s: &HostState) -> String {
-    let guid = s
-        .latched
-        .as_ref()
-        .map_or("null".to_owned(), |(g, _)| format!("\"{g}\""));
-    match s.mode {
-        Some(HostMode::Disabled) => format!(
-            r#"{{"version":"2.0","authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http",
-                "keyGuid":{guid},"keyIncarnationId":{inc},"secureChannelEnabled":false,"authorizationRules":null}}"#,
-            inc = s.incarnation
-        ),
-        _ => format!(
-            r#"{{"version":"2.0","authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http",
-                "keyGuid":{guid},"keyIncarnationId":{inc},"secureChannelEnabled":true,"authorizationRules":{{
-                "imds":{{"defaultAccess":"allow","mode":"enforce","id":"imds-1"}},
-                "wireserver":{{"defaultAccess":"allow","mode":"enforce","id":"ws-1"}}}}}}"#,
-            inc = s.incarnation
-        ),
-    }
-}
-
-async fn handle(state: Arc<Mutex<HostState>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let headers: Vec<(Vec<u8>, Vec<u8>)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect();
-    let verify = |key: &[u8; 32]| {
-        let rp = RequestParts {
-            method: parts.method.as_str().as_bytes(),
-            target: target.as_bytes(),
-            headers: headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
-            body: &body,
+    /// Every WireServer decision of the VM, oldest first (the queue is flushed first).
+    pub async fn wireserver_audit(&self) -> Vec<AuditRecord> {
+        self.host.flush().await;
+        let q = AuditQuery {
+            vm: Some(VM.into()),
+            endpoint: Some(endpoint_name(msp_core::Endpoint::WireServer).into()),
+            limit: Some(MAX_AUDIT_QUERY_ROWS),
+            ..Default::default()
         };
-        sign::verify_request(
-            &rp,
-            |_g: &KeyGuid| Some(SigningKey::from_bytes(*key)),
-            SystemTime::now(),
-            Duration::from_secs(300),
-        )
-    };
-    let mut s = state.lock().unwrap();
-    match (parts.method.as_str(), target.as_str()) {
-        ("GET", "/secure-channel/status") => {
-            s.status_polls += 1;
-            reply(StatusCode::OK, None, status_json(&s))
-        }
-        ("POST", "/secure-channel/key") => {
-            s.acquires += 1;
-            if s.latched.is_some() {
-                return reply(
-                    StatusCode::CONFLICT,
-                    Some("KEY_LATCHED"),
-                    r#"{"error":"KEY_LATCHED"}"#.into(),
-                );
-            }
-            let (g, k) = (guid(), rand::random::<[u8; 32]>());
-            s.pending.push((g.clone(), k));
-            let body = format!(
-                r#"{{"authorizationScheme":"Azure-HMAC-SHA256","guid":"{g}","key":"{}","issued":"2025-04-23T12:00:00Z","incarnationId":{}}}"#,
-                hex::encode_upper(k),
-                s.incarnation
-            );
-            reply(StatusCode::OK, None, body)
-        }
-        ("POST", t) if t.starts_with("/secure-channel/key/") && t.ends_with("/key-attestation") => {
-            s.attests += 1;
-            let g = t
-                .trim_start_matches("/secure-channel/key/")
-                .trim_end_matches("/key-attestation");
-            let Some(pos) = s.pending.iter().position(|(pg, _)| pg == g) else {
-                return reply(StatusCode::NOT_FOUND, Some("KEY_UNKNOWN"), String::new());
-            };
-            let key = s.pending[pos].1;
-            match verify(&key) {
-                Ok(v) if v.key_guid.as_str() == g => {
-                    s.latched = Some((g.to_owned(), key));
-                    s.pending.clear();
-                    reply(StatusCode::OK, None, String::new())
-                }
-                Ok(_) => reply(StatusCode::UNAUTHORIZED, Some("KEY_UNKNOWN"), String::new()),
-                Err(r) => reply(StatusCode::UNAUTHORIZED, Some(r.code()), String::new()),
-            }
-        }
-        ("PUT", "/machine?comp=proxyagentstatus") => {
-            let signed = match &s.latched {
-                Some((_, key)) => verify(key).is_ok(),
-                None => false,
-            };
-            let doc = serde_json::from_slice(&body).unwrap_or_default();
-            s.reports.push((signed, doc));
-            reply(StatusCode::OK, None, String::new())
-        }
-        _ => reply(StatusCode::NOT_FOUND, None, String::new()),
+        let mut records = self.admin().audit(&q).await.expect("audit query");
+        assert!(
+            records.len() < MAX_AUDIT_QUERY_ROWS as usize,
+            "audit log outgrew one query"
+        );
+        records.reverse();
+        records
     }
+
+    /// The secure-channel calls and status reports the host received (spec §2.2, §9.3).
+    pub async fn calls(&self) -> ChannelCalls {
+        let mut c = ChannelCalls::default();
+        for r in self.wireserver_audit().await {
+            match (r.method.as_str(), r.path.as_str()) {
+                ("GET", "/secure-channel/status") => c.status_polls += 1,
+                ("POST", "/secure-channel/key") => {
+                    c.acquires += 1;
+                    if r.status == 200 {
+                        c.issued.extend(r.key_guid);
+                    }
+                }
+                ("POST", p)
+                    if p.starts_with("/secure-channel/key/") && p.ends_with("/key-attestation") =>
+                {
+                    c.attestations += 1;
+                }
+                ("PUT", "/machine") => c.reports += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Waits until the host has answered `n` more status polls than `after` counted.
+    pub async fn wait_for_polls(&self, after: &ChannelCalls, n: usize, limit: Duration) {
+        let want = after.status_polls + n;
+        eventually(&format!("{n} more status polls"), limit, || async {
+            self.calls().await.status_polls >= want
+        })
+        .await;
+    }
+
+    /// Sends a WireServer goal-state request from the agent's address, signed with `guid` and `key` the way the
+    /// proxy signs (spec §3.1); the host verifies it against the VM's latched key (spec §12.3).
+    pub async fn signed_goal_state(&self, guid: &KeyGuid, key: &SigningKey) -> Response {
+        let ws = self.host.wireserver;
+        let req = Request::new("GET", "/machine?comp=goalstate")
+            .header("Host", &ws.to_string())
+            .header("x-ms-version", "2012-11-30")
+            .agent_headers(true, SystemTime::now())
+            .sign(guid, key);
+        client::send(ws, Some(AGENT_SOURCE), &req)
+            .await
+            .expect("exchange with the host")
+    }
+
+    /// Stops the host gracefully (in-flight requests finish, the store is closed).
+    pub async fn stop(self) -> StoppedHost {
+        let TestHost { host, config, dir } = self;
+        let mut config = config;
+        // Come back on the very addresses the agent is configured with.
+        config.wireserver_listen = host.wireserver;
+        config.hostga_listen = host.hostga;
+        config.imds_listen = host.imds;
+        host.shutdown().await;
+        StoppedHost { config, dir }
+    }
+
+    pub async fn shutdown(self) {
+        self.host.shutdown().await;
+    }
+}
+
+impl StoppedHost {
+    /// Starts the host again on the same store and front-end addresses.
+    pub async fn restart(self) -> TestHost {
+        TestHost::run(self.config, self.dir).await
+    }
+}
+
+/// Waits until the async check `f` holds, re-checking every [`CHECK_EVERY`]; fails after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+}
+
+/// A loopback address for hosts that restart on a fixed port: no other test binds it, so no other test can
+/// take the port while the host is down.
+pub fn restart_address() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 61)), 0)
 }

@@ -41,7 +41,6 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::audit::{AuditRecord, Decision, clip_path, endpoint_name, now_ms};
-use crate::cidr::unmap;
 use crate::registry::Registry;
 use crate::vm::Vm;
 use policy::Verdict;
@@ -148,7 +147,7 @@ pub(crate) async fn serve(
         };
         // Latency matters more than packet count for small request/response pairs.
         let _ = stream.set_nodelay(true);
-        let peer_ip = unmap(peer.ip());
+        let peer_ip = peer.ip().to_canonical();
         let shared = shared.clone();
         let builder = builder.clone();
         let cancel = cancel.clone();

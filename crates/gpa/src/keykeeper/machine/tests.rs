@@ -523,3 +523,31 @@ fn out_of_phase_events_are_ignored() {
     let a = step(&mut kk, Event::Start, LATE);
     assert!(matches!(a.last(), Some(Action::FetchStatus)));
 }
+
+#[test]
+fn a_successful_poll_after_failures_clears_the_failure_message() {
+    let mut kk = latched();
+    step(&mut kk, Event::TimerFired, LATE);
+    let a = step(
+        &mut kk,
+        Event::StatusFailed("connection refused".into()),
+        LATE,
+    );
+    assert_eq!(
+        messages(&a),
+        ["Failed to get key status - connection refused"]
+    );
+    step(&mut kk, Event::TimerFired, LATE);
+    let a = step(&mut kk, Event::StatusReceived(v2_enforce(Some(G1))), LATE);
+    assert_eq!(
+        messages(&a),
+        [format!(
+            "Key status received again after failed polls. - {}",
+            LATE.as_millis()
+        )]
+    );
+    // Said once: the next healthy poll leaves the message alone.
+    step(&mut kk, Event::TimerFired, LATE);
+    let a = step(&mut kk, Event::StatusReceived(v2_enforce(Some(G1))), LATE);
+    assert!(messages(&a).is_empty(), "{a:?}");
+}

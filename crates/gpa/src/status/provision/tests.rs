@@ -10,6 +10,7 @@ use super::*;
 struct CountingHooks {
     policy: AtomicUsize,
     started: AtomicUsize,
+    finished: Mutex<Vec<String>>,
 }
 
 impl ProvisionHooks for CountingHooks {
@@ -18,6 +19,9 @@ impl ProvisionHooks for CountingHooks {
     }
     fn start_services(&self) {
         self.started.fetch_add(1, Ordering::SeqCst);
+    }
+    fn finished(&self, error: &str) {
+        self.finished.lock().unwrap().push(error.to_owned());
     }
 }
 
@@ -91,6 +95,11 @@ fn conf_086_all_flags_write_the_tags_with_an_empty_status_tag() {
     assert_eq!(std::fs::metadata(&keys).unwrap().mode() & 0o777, 0o700);
     assert_eq!(hooks.policy.load(Ordering::SeqCst), 1);
     assert_eq!(hooks.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *hooks.finished.lock().unwrap(),
+        [""],
+        "announced once, as a success"
+    );
     let a = p.answer(
         crate::clock::unix_nanos() + 1_000_000_000,
         SecureChannelState::Unknown,
@@ -137,6 +146,11 @@ async fn conf_086_latch_timeout_writes_the_missing_lines_once_per_timer() {
     assert!(p.finished_tick() > 0);
     assert_eq!(p.answer(0, SecureChannelState::Unknown).error_message, tag);
     assert_eq!(hooks.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *hooks.finished.lock().unwrap(),
+        std::slice::from_ref(&tag),
+        "announced with the error lines"
+    );
     // Once per timer: no second write until a reset.
     std::fs::remove_file(root.path().join("keys/status.tag")).unwrap();
     tokio::time::sleep(PROVISION_TIMEOUT * 2).await;
