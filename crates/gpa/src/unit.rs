@@ -61,15 +61,15 @@ impl Unit {
     /// Applies [`CPU_QUOTA`] to the unit for the current boot, on a thread of its own (systemctl may take a while
     /// and the caller is the provisioning path). The outcome is logged.
     pub fn limit_cpu(&self) {
-        let args = self.limit_cpu_args();
+        let (unit, args) = (self.name, self.limit_cpu_args());
         let spawned = std::thread::Builder::new()
             .name("gpa-cpuquota".into())
             .spawn(move || match Command::new("systemctl").args(args).output() {
                 Ok(out) if out.status.success() => {
-                    tracing::info!(unit = args[2], limit = CPU_QUOTA, "resource limit applied for this boot");
+                    tracing::info!(unit, limit = CPU_QUOTA, "resource limit applied for this boot");
                 }
                 Ok(out) => tracing::warn!(
-                    unit = args[2],
+                    unit,
                     status = %out.status,
                     stderr = %String::from_utf8_lossy(&out.stderr).trim_end(),
                     "systemctl refused the resource limit"

@@ -343,6 +343,23 @@ async fn allowlist(demo: &Demo, n: &mut Narrator) -> Result<(), HarnessError> {
 }
 
 /// Step 4: Enforce. The allowed workload is signed and verified; the others are refused.
+/// Root fetches a token: it must get 200, and the host must have allowed it signed with `guid`.
+async fn root_token_is_signed(
+    demo: &Demo,
+    n: &mut Narrator,
+    guid: &str,
+    expected: &str,
+) -> Result<(), HarnessError> {
+    let r = demo.fetch(RunAs::ROOT, true, TOKEN).await?;
+    let a = demo.last_imds_audit().await;
+    let ok = r.status == Some(200)
+        && a.as_ref().is_some_and(|a| {
+            a.decision == Decision::Allowed && a.key_guid.as_deref() == Some(guid)
+        });
+    n.check("root   GET token", expected, describe(&r, a.as_ref()), ok);
+    Ok(())
+}
+
 async fn enforce(demo: &Demo, n: &mut Narrator, guid: &str) -> Result<(), HarnessError> {
     n.step(4, "Enforce");
     demo.edit_settings(|s| {
@@ -363,18 +380,7 @@ async fn enforce(demo: &Demo, n: &mut Narrator, guid: &str) -> Result<(), Harnes
         format!("{state:?}"),
         state == expected_state,
     );
-    let r = demo.fetch(RunAs::ROOT, true, TOKEN).await?;
-    let a = demo.last_imds_audit().await;
-    let ok = r.status == Some(200)
-        && a.as_ref().is_some_and(|a| {
-            a.decision == Decision::Allowed && a.key_guid.as_deref() == Some(guid)
-        });
-    n.check(
-        "root   GET token",
-        "200, signed, verified by the host",
-        describe(&r, a.as_ref()),
-        ok,
-    );
+    root_token_is_signed(demo, n, guid, "200, signed, verified by the host").await?;
     let before = demo.last_imds_audit().await.map(|a| a.seq);
     let r = demo.fetch(RunAs::nobody(), true, TOKEN).await?;
     let reached_host = demo.last_imds_audit().await.map(|a| a.seq) != before;
@@ -491,17 +497,6 @@ async fn agent_down(demo: &mut Demo, n: &mut Narrator, guid: &str) -> Result<(),
         ),
         view.is_ok_and(|v| latch_state(&v, state_keys::KEY_GUID) == guid) && host_guid == guid,
     );
-    let r = demo.fetch(RunAs::ROOT, true, TOKEN).await?;
-    let a = demo.last_imds_audit().await;
-    let ok = r.status == Some(200)
-        && a.as_ref().is_some_and(|a| {
-            a.decision == Decision::Allowed && a.key_guid.as_deref() == Some(guid)
-        });
-    n.check(
-        "root   GET token",
-        "200, signed with the same key",
-        describe(&r, a.as_ref()),
-        ok,
-    );
+    root_token_is_signed(demo, n, guid, "200, signed with the same key").await?;
     Ok(())
 }
