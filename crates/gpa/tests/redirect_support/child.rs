@@ -252,7 +252,6 @@ fn agent_role() {
     say(&[
         ("reply", reply),
         ("peer", stream.peer_addr().unwrap().to_string()),
-        ("pending", redirector.pending_records().unwrap().to_string()),
         ("skipped", counters.skipped.to_string()),
         ("redirected", counters.redirected.to_string()),
     ]);
