@@ -9,15 +9,15 @@
  *   classifier gpa_take (unattached)   run by the agent for each accepted connection: find the client socket by
  *                                      its exact address pair in the kernel's TCP table, hand out its record (§7.3)
  *
- * The record lives in the client socket's own storage and dies with it, so no record can outlive its socket or
- * be found through another one. Nothing runs at the other TCP events of the cgroup's sockets (no sock_ops): every
- * cgroup program run costs ~40 ns on this kind of guest, and sock_ops would run five times per connect
- * (docs/DECISIONS.md, "records without sock_ops").
+ * The record lives in the client socket's own storage and dies with it, so no record can outlive its socket.
+ * Nothing runs at the other TCP events of the cgroup's sockets (no sock_ops): every cgroup program run costs
+ * ~40 ns on this kind of guest, and sock_ops would run five times per connect (docs/DECISIONS.md, "records
+ * without sock_ops").
  *
  * Every cgroup program returns 1 ("proceed"): the redirector never refuses a connect. A matched connect it cannot
  * record is still redirected, and the proxy refuses it with 421 (fail closed, spec §8.2); an unmatched one goes
  * where it was going. This program must never redirect UDP or raw sockets, never record a connect it did not
- * rewrite, and never hand out a record for any socket but the one the agent accepted.
+ * rewrite, and never hand out a record for a socket the listener has not answered.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -246,7 +246,10 @@ static __always_inline const struct addr_port *redirect_connect(struct bpf_sock_
 }
 
 /* The client socket connected from `client` to `listener`, looked up as a packet from the listener to the client
- * would be; NULL when there is none. A listening socket found as a fallback is no client. The caller releases it. */
+ * would be; NULL when there is none. Only a connection the listener has answered counts: a listening socket found
+ * as a fallback is no client, and a socket still in SYN_SENT cannot be the peer of an accepted connection (it can
+ * be a new socket that took over the address of one that was reset before the agent accepted it). The caller
+ * releases the socket. */
 static __always_inline struct bpf_sock *client_socket(struct __sk_buff *skb, const struct addr_port *client,
 						      const struct addr_port *listener)
 {
@@ -268,11 +271,20 @@ static __always_inline struct bpf_sock *client_socket(struct __sk_buff *skb, con
 		len = sizeof(tuple.ipv6);
 	}
 	sk = bpf_sk_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
-	if (sk && sk->state == BPF_TCP_LISTEN) {
+	if (!sk)
+		return 0;
+	switch (sk->state) {
+	case BPF_TCP_ESTABLISHED:
+	case BPF_TCP_FIN_WAIT1:
+	case BPF_TCP_FIN_WAIT2:
+	case BPF_TCP_CLOSE_WAIT:
+	case BPF_TCP_CLOSING:
+	case BPF_TCP_LAST_ACK:
+		return sk;
+	default:
 		bpf_sk_release(sk);
 		return 0;
 	}
-	return sk;
 }
 
 /* getpeername() of a redirected socket: the original destination instead of the listener (spec §7.2). */
@@ -352,10 +364,11 @@ static __noinline int take_record(struct __sk_buff *skb, struct take_request *re
 		result = TAKE_NO_RECORD; /* a direct connect, or one redirected elsewhere */
 	} else if (rec->state != RECORD_PENDING) {
 		result = TAKE_ALREADY;
+	} else if (bpf_skb_store_bytes(skb, __builtin_offsetof(struct take_request, record), rec, sizeof(*rec), 0)) {
+		result = TAKE_BAD_REQUEST; /* not copied out: left pending */
+	} else if (__sync_val_compare_and_swap(&rec->state, RECORD_PENDING, RECORD_TAKEN) != RECORD_PENDING) {
+		result = TAKE_ALREADY; /* another take won between the check and here */
 	} else {
-		rec->state = RECORD_TAKEN;
-		rec->client = req->client;
-		bpf_skb_store_bytes(skb, __builtin_offsetof(struct take_request, record), rec, sizeof(*rec), 0);
 		count(COUNTER_TAKEN);
 		result = TAKE_FOUND;
 	}

@@ -142,6 +142,8 @@ fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() 
     );
     assert_eq!(report["peer"], "[::ffff:169.254.169.254]:80");
     let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
+    // From the agent's own namespace that connection does not exist.
+    assert!(redirector.take(accepted_peer).is_none());
     // The record is found where the listener is, as the agent would: from inside the client's namespace.
     let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
     let record = thread::scope(|s| {
@@ -154,8 +156,6 @@ fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() 
     })
     .expect("record");
     assert_eq!((record.tgid, record.original_dst), (client.pid, imds));
-    // From the agent's own namespace that connection does not exist.
-    assert!(redirector.take(accepted_peer).is_none());
     client.finish();
     redirector.stop().unwrap();
 }
@@ -291,6 +291,55 @@ fn conf_070_root_direct_connect_has_no_record_even_with_a_victims_port() {
     for client in [victim, attacker, plain] {
         client.finish();
     }
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconnected_at_accept() {
+    if !root_ready(
+        "conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconnected_at_accept",
+    ) {
+        return;
+    }
+    let cgroup = TestCgroup::new("reuse");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    // X connects straight to the listener and resets before the agent accepts; its address is free again.
+    let x = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let shared = x.local_addr().unwrap();
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&x, nix::sys::socket::sockopt::Linger, &abort).unwrap();
+    drop(x);
+    // Y, redirected, takes over exactly that address while X's dead connection still waits to be accepted.
+    let y = connect_client(
+        Some(&cgroup),
+        endpoint.addr,
+        &[("GPA_TEST_BIND", shared.to_string().as_str())],
+    )
+    .run();
+    assert_eq!(y.report()["local"], shared.to_string());
+
+    // The agent accepts X's connection first. By address alone the kernel finds Y's socket, so the proxy checks
+    // its own end: X's is no longer connected, and the proxy answers it 421 (proxy/conn.rs).
+    let dead = proxy.accept();
+    assert_eq!(dead.peer, shared);
+    assert!(
+        dead.stream.peer_addr().is_err(),
+        "a reset connection reads as not connected"
+    );
+    let wrongly_taken = redirector.take(dead.peer);
+    assert_eq!(wrongly_taken.map(|r| r.tgid), Some(y.pid));
+    // Y's own connection then finds its record gone and fails closed (421): never X's identity, never twice.
+    let live = proxy.accept();
+    assert_eq!(live.peer, shared);
+    assert!(live.stream.peer_addr().is_ok());
+    assert!(redirector.take(live.peer).is_none());
+    y.finish();
     redirector.stop().unwrap();
 }
 

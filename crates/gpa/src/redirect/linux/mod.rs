@@ -25,7 +25,7 @@ use self::maps::{Maps, OwnProcess};
 use self::pins::PinDir;
 use self::programs::{PROGRAMS, ProgramSpec, TAKE_PROGRAM};
 use crate::redirect::abi::{
-    self, AddrPort, POLICY_MAX_ENTRIES, RECORD_TAKEN, TakeRequest, TakeResult, USER_HZ, map_name,
+    self, AddrPort, POLICY_MAX_ENTRIES, TakeRequest, TakeResult, USER_HZ, map_name,
 };
 use crate::redirect::{
     AttachedProgram, ConnRecord, Counters, ExeId, KernelFeature, Origin, ProcessInstance,
@@ -169,7 +169,9 @@ impl Redirector {
     /// Takes the record of the connection whose client is `peer`, the accepted socket's peer address (spec §7.3):
     /// `gpa_take` finds the client socket by its exact address pair with the listener in the kernel's TCP table
     /// and hands out the record in its storage, once. `None` for a direct connection, a second take, a client
-    /// already gone, and on a kernel error (the proxy then answers 421).
+    /// already gone, and on a kernel error (the proxy then answers 421). A record taken for an accepted socket
+    /// that was reset before it was accepted must not be used: its client's address may belong to a new client
+    /// by now (the proxy checks that its socket is still connected after the take).
     pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
         let listener = match peer {
             SocketAddr::V4(_) => self.listener,
@@ -183,9 +185,10 @@ impl Redirector {
         let outcome = self.take.run(&mut buffer);
         match outcome.map(TakeResult::from_raw) {
             Ok(Some(TakeResult::Found)) => {
-                let raw = TakeRequest::from_bytes(&buffer).record;
-                (raw.state == RECORD_TAKEN && raw.client == AddrPort::from(peer))
-                    .then(|| decode(&raw))
+                // Copied just before it was marked taken; its client is the peer it was looked up by.
+                let mut raw = TakeRequest::from_bytes(&buffer).record;
+                raw.client = AddrPort::from(peer);
+                Some(decode(&raw))
             }
             Ok(Some(TakeResult::NoSocket | TakeResult::NoRecord)) => None,
             Ok(Some(TakeResult::Already)) => {
@@ -441,11 +444,27 @@ fn adopt(
         return Ok(None);
     }
     let take_pin = pins.program(TAKE_PROGRAM);
-    let take = SchedClassifier::from_pin(&take_pin).map_err(|e| RedirectError::Bpffs {
-        path: take_pin.clone(),
-        operation: "open pinned program",
-        source: Box::new(e),
-    })?;
+    // from_pin checks neither name nor type: a pin that is not this object's `gpa_take` means replace the pins.
+    let take = match SchedClassifier::from_pin(&take_pin) {
+        Ok(take)
+            if take
+                .info()
+                .is_ok_and(|i| i.name_as_str() == Some(TAKE_PROGRAM)) =>
+        {
+            take
+        }
+        Ok(_) | Err(aya::programs::ProgramError::UnexpectedProgramType) => {
+            warn!(pin = %take_pin.display(), "pinned program is not gpa_take; replacing the pins");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(RedirectError::Bpffs {
+                path: take_pin.clone(),
+                operation: "open pinned program",
+                source: Box::new(e),
+            });
+        }
+    };
     let mut attachments = Vec::with_capacity(PROGRAMS.len());
     for spec in &PROGRAMS {
         let path = pins.link(spec.name);
@@ -462,7 +481,11 @@ fn adopt(
             program,
         });
     }
-    Ok(Some(Loaded(maps, Take::Pinned(Box::new(take)), attachments)))
+    Ok(Some(Loaded(
+        maps,
+        Take::Pinned(Box::new(take)),
+        attachments,
+    )))
 }
 
 fn open_pinned_map(pins: &PinDir, name: &'static str) -> Result<Map, RedirectError> {
