@@ -161,6 +161,63 @@ fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() 
 }
 
 #[test]
+fn conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorded() {
+    if !root_ready("conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorded")
+    {
+        return;
+    }
+    let cgroup = TestCgroup::new("nostorage");
+    let listen_port = free_port();
+    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let imds: SocketAddr = "169.254.169.254:80".parse().unwrap();
+    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
+    redirector.set_policy(&[imds]).unwrap();
+
+    // In a namespace of its own whose sockets may hold no option memory, so the record's storage is refused.
+    let client = Spawn {
+        role: "netns",
+        env: vec![
+            ("GPA_TEST_TARGET", imds.to_string()),
+            ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
+            ("GPA_TEST_OPTMEM_MAX", "0".to_owned()),
+        ],
+        cgroup: Some(&cgroup),
+        wrapper: vec!["unshare", "--net"],
+        ..Spawn::default()
+    }
+    .run();
+    let report = client.report();
+    // Still sent to the listener (fail closed there), never to the endpoint; without a record, getpeername()
+    // has nothing to show but the listener.
+    assert_eq!(
+        report.get("reply").map(String::as_str),
+        Some("netns"),
+        "{report:?}"
+    );
+    assert_eq!(report["peer"], listener.to_string());
+    let counters = redirector.counters().unwrap();
+    assert_eq!(
+        (counters.redirected, counters.storage_failed),
+        (1, 1),
+        "{counters:?}"
+    );
+    // Nothing to take, so the proxy answers 421: the connection is unattributed, never someone else's.
+    let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
+    let taken = thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            redirector.take(accepted_peer)
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(taken.is_none());
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
 fn root_client_outside_the_cgroup_is_untouched() {
     if !root_ready("root_client_outside_the_cgroup_is_untouched") {
         return;
