@@ -62,6 +62,40 @@ pub fn root_ready(test: &str) -> bool {
     }
 }
 
+/// Removes empty cgroups named `{prefix}<tag>-<pid>-<n>` whose creating test process is gone: left behind when a
+/// test binary was killed before its drop guards ran. Once per process; a cgroup with processes in it cannot be
+/// removed and stays, as does anything whose pid is alive.
+fn sweep_orphaned_cgroups(prefix: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(discover_cgroup2_root()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+                continue;
+            };
+            let mut parts = rest.rsplit('-');
+            let (Some(_), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && std::fs::remove_dir(entry.path()).is_ok()
+            {
+                eprintln!(
+                    "removed a test cgroup left by a killed run: {}",
+                    entry.path().display()
+                );
+            }
+        }
+    });
+}
+
 /// A child cgroup of the cgroup2 root, removed on drop (after its processes are gone).
 pub struct TestCgroup {
     pub path: PathBuf,
@@ -69,6 +103,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new(tag: &str) -> TestCgroup {
+        sweep_orphaned_cgroups("gpa-test-");
         let path = discover_cgroup2_root().join(unique(tag));
         std::fs::create_dir(&path)
             .unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
