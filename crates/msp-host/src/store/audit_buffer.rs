@@ -44,14 +44,14 @@ impl AuditBuffer {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends `record`, or hands it back when the buffer is full.
-    pub(super) fn try_push(&self, record: AuditRecord) -> Result<Pushed, AuditRecord> {
+    /// Moves the record out of `slot` into the buffer, or leaves it there (`None`) when the buffer is full.
+    pub(super) fn try_push(&self, slot: &mut Option<AuditRecord>) -> Option<Pushed> {
         let mut records = self.lock();
         if records.len() >= AUDIT_BUFFER_FULL {
-            return Err(record);
+            return None;
         }
-        records.push(record);
-        Ok(match records.len() {
+        records.extend(slot.take());
+        Some(match records.len() {
             1 => Pushed::First,
             AUDIT_BUFFER_FULL => Pushed::Full,
             _ => Pushed::Queued,
@@ -61,17 +61,16 @@ impl AuditBuffer {
     /// Appends `record`, waiting for room while the buffer is full; `nudge` is called when the store thread
     /// must act ([`Pushed::First`], [`Pushed::Full`], or a full buffer found on the way in).
     pub(super) async fn push(&self, record: AuditRecord, mut nudge: impl FnMut(Pushed)) {
-        let mut record = record;
+        let mut slot = Some(record);
         loop {
             // Register for the wake-up before looking, so a take between the look and the wait is not missed.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.try_push(record) {
-                Ok(Pushed::Queued) => return,
-                Ok(pushed) => return nudge(pushed),
-                Err(back) => {
-                    record = back;
+            match self.try_push(&mut slot) {
+                Some(Pushed::Queued) => return,
+                Some(pushed) => return nudge(pushed),
+                None => {
                     nudge(Pushed::Full);
                     room.await;
                 }
@@ -120,22 +119,29 @@ mod tests {
     #[test]
     fn first_queued_full_then_refused_until_taken() {
         let b = AuditBuffer::default();
-        assert_eq!(b.try_push(record()), Ok(Pushed::First));
-        assert_eq!(b.try_push(record()), Ok(Pushed::Queued));
+        let push = |b: &AuditBuffer| {
+            let mut slot = Some(record());
+            let pushed = b.try_push(&mut slot);
+            // The record moved into the buffer exactly when it was accepted.
+            assert_eq!(slot.is_none(), pushed.is_some());
+            pushed
+        };
+        assert_eq!(push(&b), Some(Pushed::First));
+        assert_eq!(push(&b), Some(Pushed::Queued));
         while b.len() < AUDIT_BUFFER_FULL - 1 {
-            assert_eq!(b.try_push(record()), Ok(Pushed::Queued));
+            assert_eq!(push(&b), Some(Pushed::Queued));
         }
-        assert_eq!(b.try_push(record()), Ok(Pushed::Full));
-        assert!(b.try_push(record()).is_err());
+        assert_eq!(push(&b), Some(Pushed::Full));
+        assert_eq!(push(&b), None);
         assert_eq!(b.take().len(), AUDIT_BUFFER_FULL);
-        assert_eq!(b.try_push(record()), Ok(Pushed::First));
+        assert_eq!(push(&b), Some(Pushed::First));
     }
 
     #[tokio::test]
     async fn a_waiting_appender_resumes_after_a_take() {
         let b = std::sync::Arc::new(AuditBuffer::default());
         while b.len() < AUDIT_BUFFER_FULL {
-            let _ = b.try_push(record());
+            let _ = b.try_push(&mut Some(record()));
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let waiter = {
