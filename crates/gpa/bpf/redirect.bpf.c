@@ -5,14 +5,19 @@
  *
  *   cgroup/connect4, cgroup/connect6   endpoint in `policy` and caller not in `skip`: write a conn_record into the
  *                                      socket's storage, rewrite the destination to the listener (spec §7.2)
- *   sockops (TCP_CONNECT_CB)           publish the record under the client's (ip, port) once it is known (§7.3)
- *   sockops (STATE_CB, TCP_CLOSE)      remove an untaken record when its socket closes (§7.3)
  *   cgroup/getpeername4, getpeername6  show the client its original destination (§7.2)
+ *   classifier gpa_take (unattached)   run by the agent for each accepted connection: find the client socket by
+ *                                      its exact address pair in the kernel's TCP table, hand out its record (§7.3)
  *
- * Every program returns 1 ("proceed"): the redirector never refuses a connect. A matched connect it cannot record
- * is still redirected, and the proxy refuses it with 421 (fail closed, spec §8.2); an unmatched one goes where it
- * was going. This program must never redirect UDP or raw sockets, never record a connect it did not rewrite, and
- * never let a record outlive its socket.
+ * The record lives in the client socket's own storage and dies with it, so no record can outlive its socket.
+ * Nothing runs at the other TCP events of the cgroup's sockets (no sock_ops): every cgroup program run costs
+ * ~40 ns on this kind of guest, and sock_ops would run five times per connect (docs/DECISIONS.md, "records
+ * without sock_ops").
+ *
+ * Every cgroup program returns 1 ("proceed"): the redirector never refuses a connect. A matched connect it cannot
+ * record is still redirected, and the proxy refuses it with 421 (fail closed, spec §8.2); an unmatched one goes
+ * where it was going. This program must never redirect UDP or raw sockets, never record a connect it did not
+ * rewrite, and never hand out a record for a socket the listener has not answered.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -88,26 +93,14 @@ struct {
 	__type(value, __u64);
 } skip SEC(".maps");
 
-/* The record of a redirected socket, bound to the socket's lifetime. Written by connect4/connect6, read by sock_ops
- * and getpeername4/6. Socket storage has no max_entries: the kernel frees it with the socket. */
+/* The record of a redirected socket, bound to the socket's lifetime. Written by connect4/connect6, read by
+ * getpeername4/6 and gpa_take. Socket storage has no max_entries: the kernel frees it with the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct conn_record);
 } records SEC(".maps");
-
-/* Client (ip, port) -> record, for the proxy to find from the accepted socket's peer address. Written by sock_ops;
- * taken (lookup + delete) by the agent; deleted by sock_ops when the client socket closes. A plain hash: when it is
- * full a new record is dropped, never an older one evicted (spec §7.3). Not preallocated: the capacity is a bound,
- * not 14 MB of kernel memory held for records that are almost always few. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, PUBLISH_MAX_ENTRIES);
-	__type(key, struct addr_port);
-	__type(value, struct conn_record);
-} published SEC(".maps");
 
 /* Slot 0: a fingerprint of the object the attached programs came from. Written by the agent at a fresh start;
  * read by a restarted agent, which adopts pinned programs only when the fingerprint is its own (spec §7.5). */
@@ -210,7 +203,7 @@ static __always_inline void record_caller(struct conn_record *rec, void *ctx, __
 	rec->state = RECORD_PENDING;
 	rec->original_dst = *original_dst;
 	rec->listener = *listener;
-	__builtin_memset(&rec->client, 0, sizeof(rec->client));
+	__builtin_memset(&rec->client, 0, sizeof(rec->client)); /* known to the agent only */
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 	rec->_pad1 = 0;
 }
@@ -252,68 +245,46 @@ static __always_inline const struct addr_port *redirect_connect(struct bpf_sock_
 	return listener;
 }
 
-/* TCP_CONNECT_CB: the source address is known now; publish the pending record under it (spec §7.3). */
-static __always_inline void publish_record(struct bpf_sock_ops *skops)
+/* The client socket connected from `client` to `listener`, looked up as a packet from the listener to the client
+ * would be; NULL when there is none. Only a connection the listener has answered counts: a listening socket found
+ * as a fallback is no client, and a socket still in SYN_SENT cannot be the peer of an accepted connection (it can
+ * be a new socket that took over the address of one that was reset before the agent accepted it). The caller
+ * releases the socket. */
+static __always_inline struct bpf_sock *client_socket(struct __sk_buff *skb, const struct addr_port *client,
+						      const struct addr_port *listener)
 {
-	struct addr_port peer = {};
-	struct conn_record *rec;
-	struct bpf_sock *sk = skops->sk;
-	__u16 remote_port_be;
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_sock *sk;
+	__u32 len;
 
-	if (!sk)
-		return;
-	rec = bpf_sk_storage_get(&records, sk, 0, 0);
-	if (!rec || rec->state != RECORD_PENDING)
-		return; /* not redirected: un-redirected connects create no record */
-	rec->state = RECORD_PUBLISHED;
-	/* kernel: local_port is a host-order port; remote_port is a network-order 32-bit number whose value is the
-	 * port (the 16-bit port sits in its high half on little-endian machines). */
-	remote_port_be = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
-	if (skops->family == AF_INET) {
-		addr_from_ip4(&peer, skops->remote_ip4, remote_port_be);
-		addr_from_ip4(&rec->client, skops->local_ip4, bpf_htons((__u16)skops->local_port));
+	if (addr_is_ip4(client) && addr_is_ip4(listener)) {
+		tuple.ipv4.saddr = listener->ip6_be[3];
+		tuple.ipv4.sport = listener->port_be;
+		tuple.ipv4.daddr = client->ip6_be[3];
+		tuple.ipv4.dport = client->port_be;
+		len = sizeof(tuple.ipv4);
 	} else {
-		peer.ip6_be[0] = skops->remote_ip6[0];
-		peer.ip6_be[1] = skops->remote_ip6[1];
-		peer.ip6_be[2] = skops->remote_ip6[2];
-		peer.ip6_be[3] = skops->remote_ip6[3];
-		peer.port_be = remote_port_be;
-		rec->client.ip6_be[0] = skops->local_ip6[0];
-		rec->client.ip6_be[1] = skops->local_ip6[1];
-		rec->client.ip6_be[2] = skops->local_ip6[2];
-		rec->client.ip6_be[3] = skops->local_ip6[3];
-		rec->client.port_be = bpf_htons((__u16)skops->local_port);
-		rec->client._pad0 = 0;
+		__builtin_memcpy(tuple.ipv6.saddr, listener->ip6_be, sizeof(tuple.ipv6.saddr));
+		tuple.ipv6.sport = listener->port_be;
+		__builtin_memcpy(tuple.ipv6.daddr, client->ip6_be, sizeof(tuple.ipv6.daddr));
+		tuple.ipv6.dport = client->port_be;
+		len = sizeof(tuple.ipv6);
 	}
-	if (!addr_equal(&peer, &rec->listener))
-		return; /* a later, direct connect of a socket whose redirected connect failed early */
-	/* BPF_ANY: a key still present belongs to a socket that no longer holds this address; this one owns it now.
-	 * When the map is full the insert fails with E2BIG (or ENOMEM) and nothing is evicted. */
-	if (bpf_map_update_elem(&published, &rec->client, rec, BPF_ANY) != 0) {
-		count(COUNTER_PUBLISH_FULL);
-		return;
+	sk = bpf_sk_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	switch (sk->state) {
+	case BPF_TCP_ESTABLISHED:
+	case BPF_TCP_FIN_WAIT1:
+	case BPF_TCP_FIN_WAIT2:
+	case BPF_TCP_CLOSE_WAIT:
+	case BPF_TCP_CLOSING:
+	case BPF_TCP_LAST_ACK:
+		return sk;
+	default:
+		bpf_sk_release(sk);
+		return 0;
 	}
-	count(COUNTER_PUBLISHED);
-	/* Ask for TCP state callbacks so the record leaves with the socket. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-}
-
-/* STATE_CB to TCP_CLOSE: drop the socket's record if the agent has not taken it (spec §7.3). */
-static __always_inline void release_record(struct bpf_sock_ops *skops)
-{
-	struct conn_record *rec, *published_rec;
-	struct bpf_sock *sk = skops->sk;
-
-	if (skops->args[1] != BPF_TCP_CLOSE || !sk)
-		return;
-	rec = bpf_sk_storage_get(&records, sk, 0, 0);
-	if (!rec || rec->state != RECORD_PUBLISHED)
-		return;
-	published_rec = bpf_map_lookup_elem(&published, &rec->client);
-	/* Only our own entry: the cookie tells sockets apart where the address cannot. */
-	if (published_rec && published_rec->socket_cookie == rec->socket_cookie &&
-	    bpf_map_delete_elem(&published, &rec->client) == 0)
-		count(COUNTER_RELEASED);
 }
 
 /* getpeername() of a redirected socket: the original destination instead of the listener (spec §7.2). */
@@ -374,19 +345,47 @@ int gpa_connect6(struct bpf_sock_addr *ctx)
 	return VERDICT_PROCEED; /* never refuse: fail open toward the proxy */
 }
 
-/* kernel: sock_ops sees local_port only from TCP_CONNECT_CB on, just before the SYN is sent. */
-SEC("sockops")
-int gpa_sockops(struct bpf_sock_ops *skops)
+/*
+ * kernel: run only by the agent through BPF_PROG_TEST_RUN, on a private copy of its take_request, in the agent's
+ * network namespace (where the proxy listener and so every redirected client socket are). Hands out a record once.
+ */
+/* Not inlined, so that struct take_request, which no map names, is in the object's BTF for the ABI check. */
+static __noinline int take_record(struct __sk_buff *skb, struct take_request *req)
 {
-	switch (skops->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		publish_record(skops);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		release_record(skops);
-		break;
+	struct conn_record *rec;
+	struct bpf_sock *sk;
+	int result;
+
+	sk = client_socket(skb, &req->client, &req->listener);
+	if (!sk)
+		return TAKE_NO_SOCKET;
+	rec = bpf_sk_storage_get(&records, sk, 0, 0);
+	if (!rec || !addr_equal(&rec->listener, &req->listener)) {
+		result = TAKE_NO_RECORD; /* a direct connect, or one redirected elsewhere */
+	} else if (rec->state != RECORD_PENDING) {
+		result = TAKE_ALREADY;
+	} else if (bpf_skb_store_bytes(skb, __builtin_offsetof(struct take_request, record), rec, sizeof(*rec), 0)) {
+		result = TAKE_BAD_REQUEST; /* not copied out: left pending */
+	} else if (__sync_val_compare_and_swap(&rec->state, RECORD_PENDING, RECORD_TAKEN) != RECORD_PENDING) {
+		result = TAKE_ALREADY; /* another take won between the check and here */
+	} else {
+		count(COUNTER_TAKEN);
+		result = TAKE_FOUND;
 	}
-	return VERDICT_PROCEED; /* sock_ops return values do not gate the connection */
+	bpf_sk_release(sk);
+	return result;
+}
+
+SEC("classifier")
+int gpa_take(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct take_request *req = data;
+
+	if ((void *)(req + 1) > data_end)
+		return TAKE_BAD_REQUEST;
+	return take_record(skb, req);
 }
 
 /* kernel: getpeername4 may rewrite user_ip4/user_port of the answer only; the socket keeps its real peer. */

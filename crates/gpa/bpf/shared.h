@@ -12,7 +12,6 @@
 /* Map capacities. */
 #define POLICY_MAX_ENTRIES 16     /* endpoints to intercept: 3 in production (spec §1.1), room for tests */
 #define SKIP_MAX_ENTRIES 16       /* agent processes exempt from redirection (spec §7.2): one in practice */
-#define PUBLISH_MAX_ENTRIES 65536 /* in-flight redirected connects awaiting the agent (spec §7.3: >= 65,536) */
 
 /* The policy filter: bit ((fold of the address's four words) * FILTER_MULTIPLIER) >> FILTER_SHIFT of one 64-bit
  * word is set for every address in the policy map. */
@@ -28,17 +27,24 @@ enum counter {
 	COUNTER_REDIRECTED = 1,    /* destinations rewritten to the listener */
 	COUNTER_SKIPPED = 2,       /* policy matched but the caller is the agent (skip map) */
 	COUNTER_STORAGE_FAILED = 3,/* redirected, but no socket storage for the record: the proxy answers 421 */
-	COUNTER_PUBLISHED = 4,     /* records moved to the publish map at TCP_CONNECT_CB */
-	COUNTER_PUBLISH_FULL = 5,  /* publish map full (or out of memory): connect left unrecorded, proxy answers 421 */
-	COUNTER_RELEASED = 6,      /* untaken records removed because their socket closed */
-	COUNTER_PEER_REWRITTEN = 7,/* getpeername() answers rewritten to the original destination */
-	COUNTER_COUNT = 8,
+	COUNTER_TAKEN = 4,         /* records handed to the agent by gpa_take */
+	COUNTER_PEER_REWRITTEN = 5,/* getpeername() answers rewritten to the original destination */
+	COUNTER_COUNT = 6,
 };
 
 /* Record states in socket storage. */
 enum record_state {
-	RECORD_PENDING = 1,   /* written at connect(), not yet published */
-	RECORD_PUBLISHED = 2, /* published at TCP_CONNECT_CB (or dropped because the publish map was full) */
+	RECORD_PENDING = 1, /* written at connect(), waiting for the agent */
+	RECORD_TAKEN = 2,   /* handed to the agent; kept only for getpeername() */
+};
+
+/* What gpa_take answers (its return value). */
+enum take_result {
+	TAKE_FOUND = 1,     /* the record was copied into the request and marked taken */
+	TAKE_NO_SOCKET = 2, /* no connected client socket has this address pair */
+	TAKE_NO_RECORD = 3, /* the socket exists but was not redirected to this listener (a direct connect) */
+	TAKE_ALREADY = 4,   /* the record was handed out before */
+	TAKE_BAD_REQUEST = 5,
 };
 
 /*
@@ -55,7 +61,7 @@ _Static_assert(sizeof(struct addr_port) == 20, "abi: addr_port");
 
 /*
  * What the kernel knows about the caller of one redirected connect() (spec §7.3). Written into socket-local
- * storage by connect4/connect6, copied into the publish map by sock_ops, taken (looked up and deleted) by the agent.
+ * storage by connect4/connect6 and freed with the socket; copied out to the agent by gpa_take.
  */
 struct conn_record {
 	__u64 socket_cookie;     /* bpf_get_socket_cookie() of the client socket */
@@ -71,12 +77,28 @@ struct conn_record {
 	__u32 state;             /* enum record_state */
 	struct addr_port original_dst; /* where the client connected to */
 	struct addr_port listener;     /* where it was sent instead */
-	struct addr_port client;       /* its local address, the publish key; zero until published */
+	struct addr_port client;       /* its local address; filled in the copy gpa_take hands out */
 	char comm[COMM_LEN];           /* calling thread's comm */
 	__u32 _pad1;
 };
 _Static_assert(sizeof(struct conn_record) == 144, "abi: conn_record");
 _Static_assert(__builtin_offsetof(struct conn_record, original_dst) == 64, "abi: conn_record.original_dst");
 _Static_assert(__builtin_offsetof(struct conn_record, comm) == 124, "abi: conn_record.comm");
+
+/*
+ * The agent's question to gpa_take, run with BPF_PROG_TEST_RUN on a packet buffer in the agent's network
+ * namespace: "the record of the client socket connected from `client` to `listener`". The program looks the socket
+ * up in the kernel's own TCP table by that exact address pair and, on TAKE_FOUND, writes the record into `record`.
+ * A tc program sees the buffer from its Ethernet header, hence the leading 14 bytes (plus 2 for alignment).
+ */
+struct take_request {
+	__u8 eth[14];
+	__u16 _pad0;
+	struct addr_port client;   /* the accepted socket's peer */
+	struct addr_port listener; /* the accepted socket's local address */
+	struct conn_record record; /* out */
+};
+_Static_assert(sizeof(struct take_request) == 200, "abi: take_request");
+_Static_assert(__builtin_offsetof(struct take_request, record) == 56, "abi: take_request.record");
 
 #endif /* GPA_SHARED_H */

@@ -69,11 +69,7 @@ fn root_redirects_ipv4_connect_and_records_the_caller() {
     assert!(redirector.take(accepted.peer).is_none());
     let counters = redirector.counters().unwrap();
     assert_eq!(
-        (
-            counters.redirected,
-            counters.published,
-            counters.peer_rewritten
-        ),
+        (counters.redirected, counters.taken, counters.peer_rewritten),
         (1, 1, 1),
         "{counters:?}"
     );
@@ -146,8 +142,77 @@ fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() 
     );
     assert_eq!(report["peer"], "[::ffff:169.254.169.254]:80");
     let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
-    let record = redirector.take(accepted_peer).expect("record");
+    // From the agent's own namespace that connection does not exist.
+    assert!(redirector.take(accepted_peer).is_none());
+    // The record is found where the listener is, as the agent would: from inside the client's namespace.
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
+    let record = thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            redirector.take(accepted_peer)
+        })
+        .join()
+        .unwrap()
+    })
+    .expect("record");
     assert_eq!((record.tgid, record.original_dst), (client.pid, imds));
+    client.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorded() {
+    if !root_ready("conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorded")
+    {
+        return;
+    }
+    let cgroup = TestCgroup::new("nostorage");
+    let listen_port = free_port();
+    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let imds: SocketAddr = "169.254.169.254:80".parse().unwrap();
+    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
+    redirector.set_policy(&[imds]).unwrap();
+
+    // In a namespace of its own whose sockets may hold no option memory, so the record's storage is refused.
+    let client = Spawn {
+        role: "netns",
+        env: vec![
+            ("GPA_TEST_TARGET", imds.to_string()),
+            ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
+            ("GPA_TEST_OPTMEM_MAX", "0".to_owned()),
+        ],
+        cgroup: Some(&cgroup),
+        wrapper: vec!["unshare", "--net"],
+        ..Spawn::default()
+    }
+    .run();
+    let report = client.report();
+    // Still sent to the listener (fail closed there), never to the endpoint; without a record, getpeername()
+    // has nothing to show but the listener.
+    assert_eq!(
+        report.get("reply").map(String::as_str),
+        Some("netns"),
+        "{report:?}"
+    );
+    assert_eq!(report["peer"], listener.to_string());
+    let counters = redirector.counters().unwrap();
+    assert_eq!(
+        (counters.redirected, counters.storage_failed),
+        (1, 1),
+        "{counters:?}"
+    );
+    // Nothing to take, so the proxy answers 421: the connection is unattributed, never someone else's.
+    let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
+    let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
+    let taken = thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            redirector.take(accepted_peer)
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(taken.is_none());
     client.finish();
     redirector.stop().unwrap();
 }
@@ -172,7 +237,6 @@ fn root_client_outside_the_cgroup_is_untouched() {
     assert_eq!(report["peer"], endpoint.addr.to_string());
     let counters = redirector.counters().unwrap();
     assert_eq!((counters.connects_seen, counters.redirected), (0, 0));
-    assert_eq!(redirector.pending_records().unwrap(), 0);
     client.finish();
     redirector.stop().unwrap();
 }
@@ -243,10 +307,9 @@ fn conf_070_root_direct_connect_has_no_record_even_with_a_victims_port() {
     let proxy = Proxy::bind();
     let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
 
-    // The victim's redirected connection waits in the proxy's accept queue, its record pending.
+    // The victim's redirected connection waits in the proxy's accept queue, its record in its socket.
     let victim = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
     let victim_local: SocketAddr = victim.report()["local"].parse().unwrap();
-    assert_eq!(redirector.pending_records().unwrap(), 1);
     // The attacker connects straight to the listener from another loopback address with the victim's port.
     let attacker_bind = format!("127.0.0.2:{}", victim_local.port());
     let attacker = connect_client(
@@ -289,8 +352,57 @@ fn conf_070_root_direct_connect_has_no_record_even_with_a_victims_port() {
 }
 
 #[test]
-fn root_10000_sequential_connects_leave_the_publish_map_empty() {
-    if !root_ready("root_10000_sequential_connects_leave_the_publish_map_empty") {
+fn conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconnected_at_accept() {
+    if !root_ready(
+        "conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconnected_at_accept",
+    ) {
+        return;
+    }
+    let cgroup = TestCgroup::new("reuse");
+    let endpoint = Endpoint::start("127.0.0.16");
+    let proxy = Proxy::bind();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
+
+    // X connects straight to the listener and resets before the agent accepts; its address is free again.
+    let x = std::net::TcpStream::connect(proxy.addr).unwrap();
+    let shared = x.local_addr().unwrap();
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&x, nix::sys::socket::sockopt::Linger, &abort).unwrap();
+    drop(x);
+    // Y, redirected, takes over exactly that address while X's dead connection still waits to be accepted.
+    let y = connect_client(
+        Some(&cgroup),
+        endpoint.addr,
+        &[("GPA_TEST_BIND", shared.to_string().as_str())],
+    )
+    .run();
+    assert_eq!(y.report()["local"], shared.to_string());
+
+    // The agent accepts X's connection first. By address alone the kernel finds Y's socket, so the proxy checks
+    // its own end: X's is no longer connected, and the proxy answers it 421 (proxy/conn.rs).
+    let dead = proxy.accept();
+    assert_eq!(dead.peer, shared);
+    assert!(
+        dead.stream.peer_addr().is_err(),
+        "a reset connection reads as not connected"
+    );
+    let wrongly_taken = redirector.take(dead.peer);
+    assert_eq!(wrongly_taken.map(|r| r.tgid), Some(y.pid));
+    // Y's own connection then finds its record gone and fails closed (421): never X's identity, never twice.
+    let live = proxy.accept();
+    assert_eq!(live.peer, shared);
+    assert!(live.stream.peer_addr().is_ok());
+    assert!(redirector.take(live.peer).is_none());
+    y.finish();
+    redirector.stop().unwrap();
+}
+
+#[test]
+fn root_10000_sequential_connects_each_hand_out_their_own_record_once() {
+    if !root_ready("root_10000_sequential_connects_each_hand_out_their_own_record_once") {
         return;
     }
     const CONNECTS: u32 = 10_000;
@@ -309,12 +421,18 @@ fn root_10000_sequential_connects_leave_the_publish_map_empty() {
         ..Spawn::default()
     }
     .run();
-    // Take every other record; leave the rest to be released when their sockets close.
-    let mut taken = 0;
+    // Take every other record (the rest go with their sockets); each is the client's, and only once.
+    let mut taken = 0u32;
     for i in 0..CONNECTS {
         let accepted = proxy.accept();
         if i % 2 == 0 {
-            taken += u32::from(redirector.take(accepted.peer).is_some());
+            let record = redirector.take(accepted.peer);
+            assert_eq!(
+                record.map(|r| (r.tgid, r.client)),
+                Some((client.pid, accepted.peer))
+            );
+            assert!(redirector.take(accepted.peer).is_none(), "taken twice");
+            taken += 1;
         }
         drop(accepted.stream);
     }
@@ -323,14 +441,12 @@ fn root_10000_sequential_connects_leave_the_publish_map_empty() {
         (report["ok"].as_str(), report["failed"].as_str()),
         (CONNECTS.to_string().as_str(), "0")
     );
-    assert_eq!(taken, CONNECTS / 2);
-    eventually("the publish map to drain", || {
-        redirector.pending_records().unwrap() == 0
-    });
     let counters = redirector.counters().unwrap();
-    assert_eq!(counters.published, u64::from(CONNECTS));
-    assert_eq!(counters.released, u64::from(CONNECTS / 2), "{counters:?}");
-    assert_eq!(counters.publish_full, 0);
+    assert_eq!(
+        (counters.redirected, counters.taken, counters.storage_failed),
+        (u64::from(CONNECTS), u64::from(taken), 0),
+        "{counters:?}"
+    );
     client.finish();
     redirector.stop().unwrap();
 }
@@ -362,13 +478,10 @@ fn conf_069_root_the_agents_own_connects_are_not_redirected() {
         Some("direct"),
         "{report:?}"
     );
+    // Skipped, not redirected: no record is written for a connect that is not rewritten.
     assert_eq!(
-        (
-            report["pending"].as_str(),
-            report["skipped"].as_str(),
-            report["redirected"].as_str()
-        ),
-        ("0", "1", "0")
+        (report["skipped"].as_str(), report["redirected"].as_str()),
+        ("1", "0")
     );
     // Another process in the same cgroup is redirected meanwhile.
     let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
@@ -478,24 +591,17 @@ fn root_policy_is_exactly_what_was_set_and_bad_endpoints_are_refused() {
 }
 
 #[test]
-fn conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed() {
-    if !root_ready(
-        "conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_never_misattributed",
-    ) {
+fn conf_071_root_held_connects_keep_their_own_records_in_any_take_order() {
+    if !root_ready("conf_071_root_held_connects_keep_their_own_records_in_any_take_order") {
         return;
     }
-    const CAPACITY: u32 = 8;
-    const CLIENTS: usize = 12;
-    let cgroup = TestCgroup::new("overflow");
+    const CLIENTS: usize = 48;
+    let cgroup = TestCgroup::new("held");
     let endpoint = Endpoint::start("127.0.0.16");
     let proxy = Proxy::bind();
-    let redirector = Redirector::start_with_capacity(
-        cgroup.config(proxy.addr, RedirectFailMode::Open),
-        CAPACITY,
-    )
-    .unwrap();
-    redirector.set_policy(&[endpoint.addr]).unwrap();
+    let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
 
+    // Every record waits in its own socket (no map to fill or evict from, spec §7.3).
     let clients: Vec<ChildProc> = (0..CLIENTS)
         .map(|_| connect_client(Some(&cgroup), endpoint.addr, &[]).run())
         .collect();
@@ -503,39 +609,18 @@ fn conf_071_root_beyond_the_publish_capacity_connects_go_unrecorded_and_are_neve
     for client in &clients {
         who.insert(client.report()["local"].parse().unwrap(), client.pid);
     }
-    let (mut recorded, mut unrecorded) = (0, 0);
-    for _ in 0..CLIENTS {
-        let accepted = proxy.accept();
-        match redirector.take(accepted.peer) {
-            // A record is always the caller's own: nothing was evicted or overwritten.
-            Some(record) => {
-                assert_eq!(Some(&record.tgid), who.get(&accepted.peer));
-                recorded += 1;
-            }
-            None => unrecorded += 1, // the proxy answers 421
-        }
+    let mut accepted: Vec<_> = (0..CLIENTS).map(|_| proxy.accept()).collect();
+    accepted.reverse(); // taken in the opposite order of arrival
+    for connection in &accepted {
+        let record = redirector
+            .take(connection.peer)
+            .expect("every held connection has its record");
+        assert_eq!(Some(&record.tgid), who.get(&connection.peer));
     }
-    assert_eq!(
-        (recorded, unrecorded),
-        (CAPACITY as usize, CLIENTS - CAPACITY as usize)
-    );
-    let counters = redirector.counters().unwrap();
-    assert_eq!(
-        (counters.published, counters.publish_full),
-        (u64::from(CAPACITY), (CLIENTS as u64) - u64::from(CAPACITY))
-    );
+    assert_eq!(redirector.counters().unwrap().taken, CLIENTS as u64);
     for client in clients {
         client.finish();
     }
-    // Taken records made room: the next caller is recorded again.
-    let client = connect_client(Some(&cgroup), endpoint.addr, &[]).run();
-    client.report();
-    let accepted = proxy.accept();
-    assert_eq!(
-        redirector.take(accepted.peer).map(|r| r.tgid),
-        Some(client.pid)
-    );
-    client.finish();
     redirector.stop().unwrap();
 }
 

@@ -24,12 +24,11 @@ fn child_role_entry() {
 }
 
 /// One copy of each program, as bpftool names them.
-const ONE_SET: [&str; 5] = [
+const ONE_SET: [&str; 4] = [
     "gpa_connect4",
     "gpa_connect6",
     "gpa_peername4",
     "gpa_peername6",
-    "gpa_sockops",
 ];
 
 fn one_set() -> Vec<String> {
@@ -64,7 +63,7 @@ fn conf_073_root_50_start_stop_cycles_leave_exactly_one_set_attached() {
         let status = redirector.status();
         assert_eq!(
             (status.origin, status.cgroup_id, status.programs.len()),
-            (Origin::Fresh, cgroup.id(), 5)
+            (Origin::Fresh, cgroup.id(), 4)
         );
         assert!(
             status

@@ -89,6 +89,13 @@ pub(super) async fn serve(
             .await
             .unwrap_or(Attribution::Direct),
     };
+    // A connection reset before it was accepted gave up its client's address, which a new client may hold by
+    // now with a pending record of its own (spec §7.3): a record taken for it is dropped, the connection is
+    // unattributed (421), and the new client, whose record it was, fails closed too.
+    let attribution = match attribution {
+        Attribution::Redirected { .. } if client.peer_addr().is_err() => Attribution::Direct,
+        attribution => attribution,
+    };
     let caller = caller(attribution, peer, local, &shared);
     // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
     let span = tracing::debug_span!(

@@ -1,5 +1,5 @@
 //! The Rust mirror of `crates/gpa/bpf/shared.h`: the structs and constants the kernel programs and the agent
-//! exchange through maps (STYLE rule 20).
+//! exchange through maps and `gpa_take` (STYLE rule 20).
 //!
 //! Same field order, same sizes and offsets, asserted at compile time here and in C with `_Static_assert`;
 //! `scripts/build-bpf.sh` also checks the `*_SIZE` constants against the compiled object's BTF. This module must
@@ -13,28 +13,16 @@ pub mod map_name {
     pub const POLICY_FILTER: &str = "policy_filter";
     pub const SKIP: &str = "skip";
     pub const RECORDS: &str = "records";
-    pub const PUBLISHED: &str = "published";
     pub const META: &str = "meta";
     pub const COUNTERS: &str = "counters";
     /// Every map, in the order a restarted agent opens them: the skip map first (spec §7.5).
-    pub const ALL: [&str; 7] = [
-        SKIP,
-        POLICY,
-        POLICY_FILTER,
-        RECORDS,
-        PUBLISHED,
-        META,
-        COUNTERS,
-    ];
+    pub const ALL: [&str; 6] = [SKIP, POLICY, POLICY_FILTER, RECORDS, META, COUNTERS];
 }
 
 /// `POLICY_MAX_ENTRIES`: endpoints that can be intercepted at once (3 in production, spec §1.1).
 pub const POLICY_MAX_ENTRIES: u32 = 16;
 /// `SKIP_MAX_ENTRIES`: agent processes exempt from redirection (spec §7.2).
 pub const SKIP_MAX_ENTRIES: u32 = 16;
-/// `PUBLISH_MAX_ENTRIES`: in-flight redirected connects awaiting the agent (spec §7.3 requires ≥ 65,536;
-/// catalog C8: beyond it a connect goes unrecorded, nothing is evicted).
-pub const PUBLISH_MAX_ENTRIES: u32 = 65_536;
 /// `FILTER_MULTIPLIER` and `FILTER_SHIFT`: which bit of the policy filter word stands for an address.
 pub const FILTER_MULTIPLIER: u32 = 0x9e37_79b1;
 pub const FILTER_SHIFT: u32 = 26;
@@ -43,8 +31,35 @@ pub const COMM_LEN: usize = 16;
 /// `USER_HZ`: clock ticks per second of `/proc/<pid>/stat` field 22, which the skip map stores.
 pub const USER_HZ: u64 = 100;
 
-/// `enum record_state`: a record published at `TCP_CONNECT_CB`.
-pub const RECORD_PUBLISHED: u32 = 2;
+/// `enum record_state`: a record waiting for the agent.
+pub const RECORD_PENDING: u32 = 1;
+/// `enum record_state`: a record handed to the agent.
+pub const RECORD_TAKEN: u32 = 2;
+
+/// `enum take_result`: what `gpa_take` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TakeResult {
+    Found = 1,
+    NoSocket = 2,
+    NoRecord = 3,
+    Already = 4,
+    BadRequest = 5,
+}
+
+impl TakeResult {
+    pub fn from_raw(raw: u32) -> Option<TakeResult> {
+        [
+            TakeResult::Found,
+            TakeResult::NoSocket,
+            TakeResult::NoRecord,
+            TakeResult::Already,
+            TakeResult::BadRequest,
+        ]
+        .into_iter()
+        .find(|r| *r as u32 == raw)
+    }
+}
 
 /// `enum counter`: indices of the per-CPU `counters` array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +69,12 @@ pub enum Counter {
     Redirected = 1,
     Skipped = 2,
     StorageFailed = 3,
-    Published = 4,
-    PublishFull = 5,
-    Released = 6,
-    PeerRewritten = 7,
+    Taken = 4,
+    PeerRewritten = 5,
 }
 
 /// `COUNTER_COUNT`.
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 6;
 
 /// `struct addr_port`: an address and port in network byte order, IPv4 as `::ffff:a.b.c.d`.
 #[repr(C)]
@@ -109,6 +122,54 @@ const _: () = assert!(offset_of!(ConnRecord, original_dst) == 64);
 const _: () = assert!(offset_of!(ConnRecord, listener) == 84);
 const _: () = assert!(offset_of!(ConnRecord, client) == 104);
 const _: () = assert!(offset_of!(ConnRecord, comm) == 124);
+
+/// `struct take_request`: the agent's question to `gpa_take` and, on `TakeResult::Found`, its answer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TakeRequest {
+    pub eth: [u8; 14],
+    pub _pad0: u16,
+    pub client: AddrPort,
+    pub listener: AddrPort,
+    pub record: ConnRecord,
+}
+
+pub const TAKE_REQUEST_SIZE: usize = 200;
+const _: () = assert!(size_of::<TakeRequest>() == TAKE_REQUEST_SIZE);
+const _: () = assert!(offset_of!(TakeRequest, client) == 16);
+const _: () = assert!(offset_of!(TakeRequest, record) == 56);
+
+impl TakeRequest {
+    pub fn new(client: AddrPort, listener: AddrPort) -> TakeRequest {
+        TakeRequest {
+            client,
+            listener,
+            ..TakeRequest::default()
+        }
+    }
+
+    /// The bytes `gpa_take` runs on.
+    pub fn to_bytes(&self) -> [u8; TAKE_REQUEST_SIZE] {
+        let mut out = [0u8; TAKE_REQUEST_SIZE];
+        // SAFETY: `TakeRequest` is `repr(C)` with no implicit padding (the asserted size and offsets account for
+        // every byte), so all `TAKE_REQUEST_SIZE` source bytes are initialised, and `out` has exactly that length.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&raw const *self).cast::<u8>(),
+                out.as_mut_ptr(),
+                TAKE_REQUEST_SIZE,
+            );
+        }
+        out
+    }
+
+    /// The request as `gpa_take` left it in `bytes`.
+    pub fn from_bytes(bytes: &[u8; TAKE_REQUEST_SIZE]) -> TakeRequest {
+        // SAFETY: `bytes` holds exactly `size_of::<TakeRequest>()` bytes, read unaligned; the struct is plain old
+        // data (integers and byte arrays, explicit padding), so every bit pattern is a valid value.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TakeRequest>()) }
+    }
+}
 
 // SAFETY: `AddrPort` is `repr(C)`, made only of integers, and its padding is an explicit field (the size assert
 // above equals the sum of the field sizes), so every bit pattern is valid and no byte is uninitialised.
@@ -201,6 +262,20 @@ mod tests {
                 1 << (fold.wrapping_mul(0x9e37_79b1) >> 26)
             );
         }
+    }
+
+    #[test]
+    fn take_requests_round_trip_through_bytes() {
+        let client = AddrPort::from("127.0.0.1:40000".parse::<SocketAddr>().unwrap());
+        let listener = AddrPort::from("127.0.0.1:3080".parse::<SocketAddr>().unwrap());
+        let mut request = TakeRequest::new(client, listener);
+        let bytes = request.to_bytes();
+        // The kernel reads the client right after the 16-byte Ethernet header and padding.
+        assert_eq!(&bytes[..16], &[0u8; 16]);
+        assert_eq!(&bytes[32..34], &40000u16.to_be_bytes());
+        request.record.tgid = 4242;
+        request.record.comm[..4].copy_from_slice(b"curl");
+        assert_eq!(TakeRequest::from_bytes(&request.to_bytes()), request);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A kernel facility the redirector needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFeature {
-    /// cgroup-bpf (`CONFIG_CGROUP_BPF`) with cgroup socket-address and sock_ops programs.
+    /// cgroup-bpf (`CONFIG_CGROUP_BPF`) with cgroup socket-address programs.
     CgroupBpf,
     /// BPF links for cgroups (kernel ≥ 5.7), needed to coexist with other programs and to pin.
     CgroupBpfLinks,

@@ -4,7 +4,7 @@
 //! Everything that touches eBPF lives here (STYLE rule 8), in [`linux`](self) behind the module boundary; the
 //! types in this file are plain data. This module must never attach to a cgroup the configuration does not name
 //! (or, unset, the discovered cgroup2 root), never report a failed map update as success, and never hand out a
-//! record for any peer but the one it was published under.
+//! record for any connection but the one it was written for.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)

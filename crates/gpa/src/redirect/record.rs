@@ -21,7 +21,7 @@ pub struct ConnRecord {
     pub socket_cookie: u64,
     /// The destination the client asked for.
     pub original_dst: SocketAddr,
-    /// The client's own address: the key the record was published under.
+    /// The client's own address: the accepted connection's peer the record was taken for.
     pub client: SocketAddr,
     /// `CLOCK_MONOTONIC` nanoseconds at `connect()`.
     pub connect_ktime_ns: u64,
@@ -57,12 +57,8 @@ pub struct Counters {
     pub skipped: u64,
     /// Redirected connects with no socket storage for their record (the proxy answers 421).
     pub storage_failed: u64,
-    /// Records published for the proxy.
-    pub published: u64,
-    /// Redirected connects left unrecorded because the publish map was full or out of memory (the proxy answers 421).
-    pub publish_full: u64,
-    /// Untaken records removed because their socket closed.
-    pub released: u64,
+    /// Records handed to the proxy (each once).
+    pub taken: u64,
     /// `getpeername()` answers rewritten to the original destination.
     pub peer_rewritten: u64,
 }

@@ -252,7 +252,6 @@ fn agent_role() {
     say(&[
         ("reply", reply),
         ("peer", stream.peer_addr().unwrap().to_string()),
-        ("pending", redirector.pending_records().unwrap().to_string()),
         ("skipped", counters.skipped.to_string()),
         ("redirected", counters.redirected.to_string()),
     ]);
@@ -269,6 +268,10 @@ fn netns_role() {
         .status()
         .unwrap();
     assert!(lo.success());
+    // Optional: this namespace's per-socket option memory, which socket storage is charged to.
+    if let Ok(bytes) = std::env::var("GPA_TEST_OPTMEM_MAX") {
+        std::fs::write("/proc/sys/net/core/optmem_max", bytes).unwrap();
+    }
     let port: u16 = env("GPA_TEST_LISTEN_PORT").parse().unwrap();
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let target: SocketAddr = env("GPA_TEST_TARGET").parse().unwrap();

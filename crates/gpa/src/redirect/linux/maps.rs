@@ -7,14 +7,13 @@ use std::sync::{Mutex, MutexGuard};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 
 use super::programs::errno;
-use crate::redirect::abi::{self, AddrPort, COUNTER_COUNT, Counter, map_name};
+use crate::redirect::abi::{AddrPort, COUNTER_COUNT, Counter, map_name};
 use crate::redirect::{Counters, RedirectError};
 
-/// The maps the agent reads or writes; `records` (socket storage) is the kernel's alone.
+/// The maps the agent reads or writes; `records` (socket storage) is read through `gpa_take` only.
 pub(super) struct Maps {
     policy: Mutex<Policy>,
     skip: Mutex<HashMap<MapData, u32, u64>>,
-    published: Mutex<HashMap<MapData, AddrPort, abi::ConnRecord>>,
     meta: Mutex<Array<MapData, u64>>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -81,7 +80,6 @@ impl Maps {
                 entries: typed(map_name::POLICY, get(map_name::POLICY)?)?,
                 filter: typed(map_name::POLICY_FILTER, get(map_name::POLICY_FILTER)?)?,
             }),
-            published: Mutex::new(typed(map_name::PUBLISHED, get(map_name::PUBLISHED)?)?),
             meta: Mutex::new(typed(map_name::META, get(map_name::META)?)?),
             counters: typed(map_name::COUNTERS, get(map_name::COUNTERS)?)?,
         })
@@ -163,32 +161,6 @@ impl Maps {
             .map_err(|e| map_error(map_name::POLICY, "iterate", e))
     }
 
-    /// Looks up and deletes the record published under `key`. `Ok(None)` when there is none.
-    pub(super) fn take(&self, key: &AddrPort) -> Result<Option<abi::ConnRecord>, RedirectError> {
-        let mut published = lock(&self.published);
-        let record = match published.get(key, 0) {
-            Ok(record) => record,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_error(map_name::PUBLISHED, "lookup", e)),
-        };
-        // The socket may close in between and take its record with it; the record read above is still its own.
-        match published.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(Some(record)),
-            Err(e) => Err(map_error(map_name::PUBLISHED, "delete", e)),
-        }
-    }
-
-    /// Number of records waiting in the publish map.
-    pub(super) fn published_len(&self) -> Result<usize, RedirectError> {
-        let published = lock(&self.published);
-        let mut n = 0;
-        for key in published.keys() {
-            key.map_err(|e| map_error(map_name::PUBLISHED, "iterate", e))?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
     pub(super) fn counters(&self) -> Result<Counters, RedirectError> {
         let mut sums = [0u64; COUNTER_COUNT as usize];
         for (index, sum) in (0..COUNTER_COUNT).zip(sums.iter_mut()) {
@@ -204,9 +176,7 @@ impl Maps {
             redirected: at(Counter::Redirected),
             skipped: at(Counter::Skipped),
             storage_failed: at(Counter::StorageFailed),
-            published: at(Counter::Published),
-            publish_full: at(Counter::PublishFull),
-            released: at(Counter::Released),
+            taken: at(Counter::Taken),
             peer_rewritten: at(Counter::PeerRewritten),
         })
     }

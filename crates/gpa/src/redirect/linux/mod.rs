@@ -13,7 +13,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
+use aya::Ebpf;
 use aya::maps::{Map, MapData};
+use aya::programs::SchedClassifier;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::{EbpfLoader, VerifierLogLevel};
 use tracing::{info, warn};
@@ -21,9 +23,9 @@ use tracing::{info, warn};
 use self::cgroup::Cgroup;
 use self::maps::{Maps, OwnProcess};
 use self::pins::PinDir;
-use self::programs::{PROGRAMS, ProgramSpec};
+use self::programs::{PROGRAMS, ProgramSpec, TAKE_PROGRAM};
 use crate::redirect::abi::{
-    self, AddrPort, POLICY_MAX_ENTRIES, RECORD_PUBLISHED, USER_HZ, map_name,
+    self, AddrPort, POLICY_MAX_ENTRIES, TakeRequest, TakeResult, USER_HZ, map_name,
 };
 use crate::redirect::{
     AttachedProgram, ConnRecord, Counters, ExeId, KernelFeature, Origin, ProcessInstance,
@@ -56,6 +58,7 @@ struct Attachment {
 #[derive(Debug)]
 pub struct Redirector {
     maps: Maps,
+    take: Take,
     /// Emptied by `stop`.
     attachments: Mutex<Vec<Attachment>>,
     pins: Mutex<Option<PinDir>>,
@@ -66,16 +69,6 @@ pub struct Redirector {
 impl Redirector {
     /// Attaches the redirector to the configured cgroup, or adopts the pins a previous agent left for it.
     pub fn start(cfg: RedirectConfig) -> Result<Redirector, RedirectError> {
-        Redirector::start_with_capacity(cfg, abi::PUBLISH_MAX_ENTRIES)
-    }
-
-    /// [`start`](Redirector::start) with a smaller publish map, so tests can reach its capacity (spec §7.3)
-    /// without 65,536 sockets. Not for production: the spec requires at least 65,536.
-    #[doc(hidden)]
-    pub fn start_with_capacity(
-        cfg: RedirectConfig,
-        publish_capacity: u32,
-    ) -> Result<Redirector, RedirectError> {
         let listener = match cfg.listener {
             SocketAddr::V4(v4) if v4.ip().is_loopback() && v4.port() != 0 => cfg.listener,
             addr => return Err(RedirectError::ListenerNotLoopback { addr }),
@@ -94,22 +87,20 @@ impl Redirector {
             object: &object,
             fingerprint: object::fingerprint(&object),
             own,
-            publish_capacity,
         };
         let pin_dir = PinDir::of(cgroup.id);
-        let (maps, attachments, origin, pins) = match cfg.fail_mode {
+        let (Loaded(maps, take, attachments), origin, pins) = match cfg.fail_mode {
             RedirectFailMode::Open => {
                 if pin_dir.exists() {
                     // A previous `closed` agent of this cgroup: its pins would be a second copy (spec §7.5).
                     warn!(pin_dir = %pin_dir.path().display(), "removing pins of a previous closed-mode agent");
                     pin_dir.remove()?;
                 }
-                let (maps, attachments) = attach_fresh(&load, None)?;
-                (maps, attachments, Origin::Fresh, None)
+                (attach_fresh(&load, None)?, Origin::Fresh, None)
             }
             RedirectFailMode::Closed => {
-                let (maps, attachments, origin) = load.adopt_or_pin(&pin_dir)?;
-                (maps, attachments, origin, Some(pin_dir))
+                let (loaded, origin) = load.adopt_or_pin(&pin_dir)?;
+                (loaded, origin, Some(pin_dir))
             }
         };
         let status = RedirectStatus {
@@ -123,6 +114,7 @@ impl Redirector {
         info!(status = %status.describe(), "redirector started");
         Ok(Redirector {
             maps,
+            take,
             attachments: Mutex::new(attachments),
             pins: Mutex::new(pins),
             listener,
@@ -174,29 +166,44 @@ impl Redirector {
             .collect())
     }
 
-    /// Takes (looks up and deletes) the record of the connection whose client is `peer`, the accepted socket's
-    /// peer address (spec §7.3). `None` for a direct connection, and on a map error (the proxy then answers 421).
+    /// Takes the record of the connection whose client is `peer`, the accepted socket's peer address (spec §7.3):
+    /// `gpa_take` finds the client socket by its exact address pair with the listener in the kernel's TCP table
+    /// and hands out the record in its storage, once. `None` for a direct connection, a second take, a client
+    /// already gone, and on a kernel error (the proxy then answers 421). A record taken for an accepted socket
+    /// that was reset before it was accepted must not be used: its client's address may belong to a new client
+    /// by now (the proxy checks that its socket is still connected after the take).
     pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
-        let key = AddrPort::from(peer);
-        match self.maps.take(&key) {
-            Ok(Some(raw)) if raw.client == key && raw.state == RECORD_PUBLISHED => {
+        let listener = match peer {
+            SocketAddr::V4(_) => self.listener,
+            // Native IPv6 endpoints are sent to [::1] at the listener's port (spec §7.1).
+            SocketAddr::V6(_) => {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), self.listener.port())
+            }
+        };
+        let mut buffer =
+            TakeRequest::new(AddrPort::from(peer), AddrPort::from(listener)).to_bytes();
+        let outcome = self.take.run(&mut buffer);
+        match outcome.map(TakeResult::from_raw) {
+            Ok(Some(TakeResult::Found)) => {
+                // Copied just before it was marked taken; its client is the peer it was looked up by.
+                let mut raw = TakeRequest::from_bytes(&buffer).record;
+                raw.client = AddrPort::from(peer);
                 Some(decode(&raw))
             }
-            Ok(Some(raw)) => {
-                warn!(%peer, client = %SocketAddr::from(raw.client), "published record does not match its key");
+            Ok(Some(TakeResult::NoSocket | TakeResult::NoRecord)) => None,
+            Ok(Some(TakeResult::Already)) => {
+                warn!(%peer, "the record of this connection was taken before");
                 None
             }
-            Ok(None) => None,
+            Ok(result) => {
+                warn!(%peer, ?result, "gpa_take refused the request");
+                None
+            }
             Err(error) => {
                 warn!(%peer, %error, "taking an attribution record failed");
                 None
             }
         }
-    }
-
-    /// Records waiting to be taken (diagnostics and tests).
-    pub fn pending_records(&self) -> Result<usize, RedirectError> {
-        self.maps.published_len()
     }
 
     /// The kernel-side counters, summed over CPUs.
@@ -300,23 +307,19 @@ struct Load<'a> {
     object: &'a [u8],
     fingerprint: u64,
     own: OwnProcess,
-    publish_capacity: u32,
 }
 
 impl Load<'_> {
     /// `closed` mode: adopts complete pins of this object, else replaces whatever is pinned with a fresh, pinned
     /// copy. A failed fresh start removes its own pins.
-    fn adopt_or_pin(
-        &self,
-        pin_dir: &PinDir,
-    ) -> Result<(Maps, Vec<Attachment>, Origin), RedirectError> {
+    fn adopt_or_pin(&self, pin_dir: &PinDir) -> Result<(Loaded, Origin), RedirectError> {
         pin_dir.create()?;
-        if let Some((maps, attachments)) = adopt(pin_dir, self.fingerprint, self.own)? {
-            return Ok((maps, attachments, Origin::Adopted));
+        if let Some(loaded) = adopt(pin_dir, self.fingerprint, self.own)? {
+            return Ok((loaded, Origin::Adopted));
         }
         pin_dir.clear()?;
         match attach_fresh(self, Some(pin_dir)) {
-            Ok((maps, attachments)) => Ok((maps, attachments, Origin::Fresh)),
+            Ok(loaded) => Ok((loaded, Origin::Fresh)),
             Err(e) => {
                 if let Err(cleanup) = pin_dir.remove() {
                     warn!(error = %cleanup, "could not remove pins of a failed start");
@@ -327,21 +330,43 @@ impl Load<'_> {
     }
 }
 
-/// Loads the object, fills the skip map, then attaches every program (pinning it when `pins` is set).
-fn attach_fresh(
-    load: &Load<'_>,
-    pins: Option<&PinDir>,
-) -> Result<(Maps, Vec<Attachment>), RedirectError> {
+/// The maps, `gpa_take` and the attached programs of one start.
+struct Loaded(Maps, Take, Vec<Attachment>);
+
+/// Where `gpa_take` lives: in the object this agent loaded, or pinned by a previous agent.
+#[derive(Debug)]
+enum Take {
+    Loaded(Box<Ebpf>),
+    Pinned(Box<SchedClassifier>),
+}
+
+impl Take {
+    fn run(
+        &self,
+        buffer: &mut [u8; abi::TAKE_REQUEST_SIZE],
+    ) -> Result<u32, aya::programs::ProgramError> {
+        let program = match self {
+            Take::Loaded(ebpf) => ebpf
+                .program(TAKE_PROGRAM)
+                .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+                .ok_or(aya::programs::ProgramError::NotLoaded)?,
+            Take::Pinned(program) => program,
+        };
+        programs::run_take(program, buffer)
+    }
+}
+
+/// Loads the object, fills the skip map, loads `gpa_take`, then attaches every program (pinning them when `pins`
+/// is set).
+fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, RedirectError> {
     let Load {
         cgroup,
         object,
         fingerprint,
         own,
-        publish_capacity,
     } = *load;
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
-    loader.map_max_entries(map_name::PUBLISHED, publish_capacity);
     if let Some(pins) = pins {
         for name in map_name::ALL {
             loader.map_pin_path(name, pins.map(name));
@@ -362,6 +387,15 @@ fn attach_fresh(
     })?;
     maps.set_fingerprint(fingerprint)?;
     maps.refresh_skip(own)?; // spec §7.2: before any hook attaches
+    let take = programs::load_take(&mut ebpf)?;
+    if let Some(pins) = pins {
+        let path = pins.program(TAKE_PROGRAM);
+        take.pin(&path).map_err(|e| RedirectError::Bpffs {
+            path: path.clone(),
+            operation: "pin program",
+            source: Box::new(e),
+        })?;
+    }
     let mut attachments = Vec::with_capacity(PROGRAMS.len());
     for spec in &PROGRAMS {
         let link = programs::load_and_attach(&mut ebpf, spec, cgroup.fd())?;
@@ -380,7 +414,7 @@ fn attach_fresh(
         };
         attachments.push(Attachment { link, pin, program });
     }
-    Ok((maps, attachments))
+    Ok(Loaded(maps, Take::Loaded(Box::new(ebpf)), attachments))
 }
 
 /// Opens a previous agent's pins: the skip map first (refreshed at once), then the other maps and the links.
@@ -389,9 +423,10 @@ fn adopt(
     pins: &PinDir,
     fingerprint: u64,
     own: OwnProcess,
-) -> Result<Option<(Maps, Vec<Attachment>)>, RedirectError> {
+) -> Result<Option<Loaded>, RedirectError> {
     let complete = map_name::ALL.iter().all(|m| pins.map(m).exists())
-        && PROGRAMS.iter().all(|p| pins.link(p.name).exists());
+        && PROGRAMS.iter().all(|p| pins.link(p.name).exists())
+        && pins.program(TAKE_PROGRAM).exists();
     if !complete {
         return Ok(None);
     }
@@ -408,6 +443,28 @@ fn adopt(
         warn!("pinned programs come from another eBPF object; replacing them");
         return Ok(None);
     }
+    let take_pin = pins.program(TAKE_PROGRAM);
+    // from_pin checks neither name nor type: a pin that is not this object's `gpa_take` means replace the pins.
+    let take = match SchedClassifier::from_pin(&take_pin) {
+        Ok(take)
+            if take
+                .info()
+                .is_ok_and(|i| i.name_as_str() == Some(TAKE_PROGRAM)) =>
+        {
+            take
+        }
+        Ok(_) | Err(aya::programs::ProgramError::UnexpectedProgramType) => {
+            warn!(pin = %take_pin.display(), "pinned program is not gpa_take; replacing the pins");
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(RedirectError::Bpffs {
+                path: take_pin.clone(),
+                operation: "open pinned program",
+                source: Box::new(e),
+            });
+        }
+    };
     let mut attachments = Vec::with_capacity(PROGRAMS.len());
     for spec in &PROGRAMS {
         let path = pins.link(spec.name);
@@ -424,7 +481,11 @@ fn adopt(
             program,
         });
     }
-    Ok(Some((maps, attachments)))
+    Ok(Some(Loaded(
+        maps,
+        Take::Pinned(Box::new(take)),
+        attachments,
+    )))
 }
 
 fn open_pinned_map(pins: &PinDir, name: &'static str) -> Result<Map, RedirectError> {

@@ -57,6 +57,11 @@ impl PinDir {
         self.path.join(format!("link_{program}"))
     }
 
+    /// A program pinned without a link (`gpa_take`, which attaches nowhere).
+    pub(super) fn program(&self, program: &str) -> PathBuf {
+        self.path.join(format!("prog_{program}"))
+    }
+
     /// Removes every pin in the directory, which detaches links and frees maps nobody else holds.
     pub(super) fn clear(&self) -> Result<(), RedirectError> {
         let entries = match std::fs::read_dir(&self.path) {

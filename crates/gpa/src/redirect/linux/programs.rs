@@ -1,57 +1,42 @@
-//! The five programs of the object, where each attaches, and in which order (consumers of records before their
-//! producers, so no record is ever written that nothing would publish). Links only: never a legacy attachment
-//! that would replace another program on the cgroup.
+//! The programs of the object: the four cgroup hooks, where each attaches and in which order (consumers of
+//! records before their producers), and `gpa_take`, which attaches nowhere and runs only when the agent asks.
+//! Links only: never a legacy attachment that would replace another program on the cgroup.
 use std::io;
 use std::os::fd::BorrowedFd;
 
 use aya::Ebpf;
+use aya::programs::SchedClassifier;
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
 
+use crate::redirect::abi::TAKE_REQUEST_SIZE;
 use crate::redirect::{KernelFeature, RedirectError};
-
-/// How a program hooks into the cgroup.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Hook {
-    /// `cgroup/connect4` and friends; the section name tells aya the attach type.
-    SockAddr,
-    SockOps,
-}
 
 #[derive(Debug)]
 pub(super) struct ProgramSpec {
     /// The function name in `redirect.bpf.c`.
     pub(super) name: &'static str,
-    pub(super) hook: Hook,
     /// The attach type as `bpftool cgroup show` names it.
     pub(super) attach_type: &'static str,
 }
 
 /// Attach order. Detach runs in reverse, so connects stop being redirected before anything else goes away.
-pub(super) const PROGRAMS: [ProgramSpec; 5] = [
-    ProgramSpec {
-        name: "gpa_sockops",
-        hook: Hook::SockOps,
-        attach_type: "sock_ops",
-    },
+pub(super) const PROGRAMS: [ProgramSpec; 4] = [
     ProgramSpec {
         name: "gpa_peername4",
-        hook: Hook::SockAddr,
         attach_type: "cgroup_inet4_getpeername",
     },
     ProgramSpec {
         name: "gpa_peername6",
-        hook: Hook::SockAddr,
         attach_type: "cgroup_inet6_getpeername",
     },
     ProgramSpec {
         name: "gpa_connect6",
-        hook: Hook::SockAddr,
         attach_type: "cgroup_inet6_connect",
     },
     ProgramSpec {
         name: "gpa_connect4",
-        hook: Hook::SockAddr,
         attach_type: "cgroup_inet4_connect",
     },
 ];
@@ -66,37 +51,55 @@ pub(super) fn load_and_attach(
         .program_mut(spec.name)
         .ok_or(RedirectError::ProgramMissing { program: spec.name })?;
     let failed = |operation: &'static str| {
-        move |e: aya::programs::ProgramError| kernel_error(spec.name, operation, Box::new(e))
+        move |e: ProgramError| kernel_error(spec.name, operation, Box::new(e))
     };
-    let link: Result<FdLink, _> = match spec.hook {
-        Hook::SockAddr => {
-            let program: &mut CgroupSockAddr = program
-                .try_into()
-                .map_err(|_| RedirectError::ProgramMissing { program: spec.name })?;
-            program.load().map_err(failed("load"))?;
-            let id = program
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(failed("attach"))?;
-            let link = program.take_link(id).map_err(failed("take link"))?;
-            FdLink::try_from(link)
-        }
-        Hook::SockOps => {
-            let program: &mut SockOps = program
-                .try_into()
-                .map_err(|_| RedirectError::ProgramMissing { program: spec.name })?;
-            program.load().map_err(failed("load"))?;
-            let id = program
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(failed("attach"))?;
-            let link = program.take_link(id).map_err(failed("take link"))?;
-            FdLink::try_from(link)
-        }
-    };
+    let program: &mut CgroupSockAddr = program
+        .try_into()
+        .map_err(|_| RedirectError::ProgramMissing { program: spec.name })?;
+    program.load().map_err(failed("load"))?;
+    let id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(failed("attach"))?;
+    let link = program.take_link(id).map_err(failed("take link"))?;
+    let link = FdLink::try_from(link);
     // Only legacy (pre-5.7) attachments fail to convert: they can neither coexist as links nor be pinned.
     link.map_err(|e| RedirectError::KernelUnsupported {
         missing: KernelFeature::CgroupBpfLinks,
         source: Some(Box::new(e)),
     })
+}
+
+/// The function name of the program the agent runs for each accepted connection.
+pub(super) const TAKE_PROGRAM: &str = "gpa_take";
+
+/// `gpa_take` as `ebpf` holds it, verified and loaded (attached nowhere).
+pub(super) fn load_take(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, RedirectError> {
+    let missing = || RedirectError::ProgramMissing {
+        program: TAKE_PROGRAM,
+    };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TAKE_PROGRAM)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|_| missing())?;
+    program
+        .load()
+        .map_err(|e| kernel_error(TAKE_PROGRAM, "load", Box::new(e)))?;
+    Ok(program)
+}
+
+/// Runs `gpa_take` once on `buffer` (in and out); returns its return value.
+pub(super) fn run_take(
+    program: &SchedClassifier,
+    buffer: &mut [u8; TAKE_REQUEST_SIZE],
+) -> Result<u32, ProgramError> {
+    let input = *buffer;
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(&input),
+        data_out: Some(buffer),
+        ..TestRunOptions::new()
+    })?;
+    Ok(result.return_value)
 }
 
 /// Names the diagnosis of a failed kernel call from its errno: EPERM is a missing privilege; EINVAL or
