@@ -15,6 +15,7 @@ use msp_core::Reason;
 use serde_json::{Value, json};
 
 use super::Call;
+use super::imds_doc::{InstanceDoc, resource_id};
 use super::response::{self, Resp};
 
 /// IMDS API versions answered (`/metadata/versions` lists them).
@@ -58,8 +59,6 @@ pub(super) const API_VERSIONS: &[&str] = &[
 ];
 /// Lifetime of an issued token, seconds.
 const TOKEN_LIFETIME_SECS: u64 = 86_399;
-const SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000000";
-const RESOURCE_GROUP: &str = "openmsp";
 
 pub(super) async fn serve(call: Call<'_>) -> Resp {
     if call.headers.contains_key("x-forwarded-for") {
@@ -106,16 +105,19 @@ pub(super) async fn serve(call: Call<'_>) -> Resp {
     if is_token {
         return token(&call);
     }
-    let doc = instance(&call);
+    let doc = InstanceDoc::new(call.vm, call.peer);
     // Sub-paths name document keys, which are case-sensitive (`compute/vmId`).
     let original = call.uri.path();
     let sub = original
         .get("/metadata/instance".len()..)
         .unwrap_or_default();
-    let node = sub
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .try_fold(&doc, |node, segment| node.get(segment));
+    let mut segments = sub.split('/').filter(|s| !s.is_empty()).peekable();
+    if segments.peek().is_none() {
+        // The whole document, the common call: rendered without building a tree.
+        return response::json(doc.render());
+    }
+    let tree = doc.to_value();
+    let node = segments.try_fold(&tree, |node, segment| node.get(segment));
     match node {
         Some(Value::String(s)) if call.query("format") == Some("text") => {
             response::text_owned(s.clone())
@@ -123,44 +125,6 @@ pub(super) async fn serve(call: Call<'_>) -> Resp {
         Some(v) => response::json(v.to_string()),
         None => response::refuse(Reason::NotFound),
     }
-}
-
-fn resource_id(name: &str) -> String {
-    format!(
-        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute/virtualMachines/{name}"
-    )
-}
-
-fn instance(call: &Call<'_>) -> Value {
-    let vm = call.vm;
-    json!({
-        "compute": {
-            "azEnvironment": "AzurePublicCloud",
-            "location": "openmsp",
-            "name": vm.name,
-            "offer": "",
-            "osType": "Linux",
-            "osProfile": {"computerName": vm.name},
-            "provider": "OpenMSP",
-            "publisher": "",
-            "resourceGroupName": RESOURCE_GROUP,
-            "resourceId": resource_id(&vm.name),
-            "sku": "",
-            "subscriptionId": SUBSCRIPTION,
-            "tags": "",
-            "version": "",
-            "vmId": vm.vm_id,
-            "vmSize": "Standard_D2s_v5"
-        },
-        "network": {
-            "interface": [{
-                "ipv4": {"ipAddress": [{"privateIpAddress": call.peer.to_string(), "publicIpAddress": ""}],
-                         "subnet": []},
-                "ipv6": {"ipAddress": []},
-                "macAddress": ""
-            }]
-        }
-    })
 }
 
 /// Percent-decodes a query value (`+` is a space); invalid escapes stay as they are.

@@ -16,6 +16,7 @@
 
 mod hostga;
 mod imds;
+mod imds_doc;
 pub mod policy;
 pub(crate) mod response;
 mod upstream;

@@ -3,14 +3,20 @@
 //! [`Store`] is the seam for other backends (SQLite now, PostgreSQL later). The store runs on one dedicated
 //! thread that owns the backend; async code talks to it through [`StoreHandle`] and never touches the disk
 //! itself, so verification never waits on I/O (the registry keeps what requests need in memory). Audit records
-//! are batched: whatever has queued is written in one transaction. This module must never log key bytes.
+//! do not travel through the queue one by one: they wait in an [`audit_buffer`] and are written together in one
+//! transaction, at most [`AUDIT_FLUSH_INTERVAL`] after the first, before any other store operation (so a query
+//! or a flush sees every record appended before it), and at shutdown. This module must never log key bytes.
 
+mod audit_buffer;
 pub mod sqlite;
 
 use std::sync::Arc;
 use std::thread;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use audit_buffer::{AuditBuffer, Pushed};
 
 use crate::audit::{AuditQuery, AuditRecord};
 use crate::cidr::Cidr;
@@ -21,7 +27,9 @@ use crate::vm::settings::ProxyAgentSettings;
 
 pub use sqlite::SqliteStore;
 
-/// Capacity of the queue to the store thread; senders wait when it is full (audit is never dropped).
+pub use audit_buffer::{AUDIT_BUFFER_FULL, AUDIT_FLUSH_INTERVAL};
+
+/// Capacity of the queue to the store thread; senders wait when it is full.
 pub const STORE_QUEUE: usize = 8192;
 /// Most audit records written in one transaction.
 pub const MAX_AUDIT_BATCH: usize = 4096;
@@ -113,7 +121,10 @@ pub trait Store: Send + 'static {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
-    Audit(AuditRecord),
+    /// Records wait in the audit buffer: write them within [`AUDIT_FLUSH_INTERVAL`], or at once (`now`).
+    AuditPending {
+        now: bool,
+    },
     PutVm(VmRow, Reply<()>),
     Latch(String, Arc<IssuedKey>, Reply<()>),
     Reset(VmRow, Reply<()>),
@@ -129,6 +140,7 @@ enum Op {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Op>,
+    audit: Arc<AuditBuffer>,
 }
 
 /// The store thread; join it after dropping every [`StoreHandle`] to be sure the audit log is flushed.
@@ -147,34 +159,62 @@ impl StoreThread {
 pub fn spawn(mut store: Box<dyn Store>) -> Result<(StoreHandle, StoreThread, Loaded), StoreError> {
     let loaded = store.load()?;
     let (tx, rx) = mpsc::channel(STORE_QUEUE);
+    let audit = Arc::new(AuditBuffer::default());
+    // The thread's own timer for the audit flush; nothing else runs on it.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| StoreError::Record(format!("cannot start the store thread's timer: {e}")))?;
+    let buffer = audit.clone();
     let thread = thread::Builder::new()
         .name("msp-host-store".to_owned())
-        .spawn(move || run(store, rx))
+        .spawn(move || timer.block_on(run(store, rx, &buffer)))
         .map_err(|e| StoreError::Record(format!("cannot start the store thread: {e}")))?;
-    Ok((StoreHandle { tx }, StoreThread(thread), loaded))
+    Ok((StoreHandle { tx, audit }, StoreThread(thread), loaded))
 }
 
-fn run(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Op>) {
-    let mut batch: Vec<AuditRecord> = Vec::with_capacity(MAX_AUDIT_BATCH);
-    while let Some(op) = rx.blocking_recv() {
-        let mut next = Some(op);
-        // Batch every audit record already queued behind this one; stop at the first other operation.
-        while let Some(Op::Audit(record)) = next {
-            batch.push(record);
-            next = if batch.len() < MAX_AUDIT_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if !batch.is_empty() {
-            if let Err(e) = store.append_audit(&batch) {
-                tracing::error!(error = %e, records = batch.len(), "audit records could not be written");
+/// The store thread: applies operations in order, writing the waiting audit records before each one, when
+/// they fall due, and once more when the last handle is gone.
+async fn run(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Op>, audit: &AuditBuffer) {
+    // When the records waiting in the buffer must be written.
+    let mut due: Option<Instant> = None;
+    loop {
+        let op = match due {
+            Some(at) => tokio::select! {
+                op = rx.recv() => op,
+                () = tokio::time::sleep_until(at) => {
+                    due = None;
+                    write_audit(store.as_mut(), audit);
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(op) = op else { break };
+        match op {
+            Op::AuditPending { now: false } => {
+                due.get_or_insert_with(|| Instant::now() + AUDIT_FLUSH_INTERVAL);
             }
-            batch.clear();
+            Op::AuditPending { now: true } => {
+                due = None;
+                write_audit(store.as_mut(), audit);
+            }
+            op => {
+                due = None;
+                write_audit(store.as_mut(), audit);
+                apply(store.as_mut(), op);
+            }
         }
-        if let Some(op) = next {
-            apply(store.as_mut(), op);
+    }
+    write_audit(store.as_mut(), audit);
+}
+
+/// Writes every waiting audit record, [`MAX_AUDIT_BATCH`] per transaction.
+fn write_audit(store: &mut dyn Store, audit: &AuditBuffer) {
+    let records = audit.take();
+    for batch in records.chunks(MAX_AUDIT_BATCH) {
+        if let Err(e) = store.append_audit(batch) {
+            tracing::error!(error = %e, records = batch.len(), "audit records could not be written");
         }
     }
 }
@@ -182,7 +222,7 @@ fn run(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Op>) {
 fn apply(store: &mut dyn Store, op: Op) {
     // A dropped reply means the requester went away; the write itself still happened.
     match op {
-        Op::Audit(_) => unreachable!("audit records are batched before apply"),
+        Op::AuditPending { .. } => {}
         Op::PutVm(vm, reply) => drop(reply.send(store.put_vm(&vm))),
         Op::Latch(vm, key, reply) => drop(reply.send(store.latch_key(&vm, &key))),
         Op::Reset(vm, reply) => drop(reply.send(store.reset_key(&vm))),
@@ -209,11 +249,25 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Queues an audit record; waits only while the queue is full.
+    /// Queues an audit record; waits only while [`AUDIT_BUFFER_FULL`] records are waiting. Only the first
+    /// record of a batch (and a full buffer) wakes the store thread.
     pub async fn audit(&self, record: AuditRecord) {
-        if self.tx.send(Op::Audit(record)).await.is_err() {
+        if self.tx.is_closed() {
             tracing::error!("audit record lost: the store thread has stopped");
+            return;
         }
+        self.audit
+            .push(record, |pushed| {
+                let op = Op::AuditPending {
+                    now: pushed == Pushed::Full,
+                };
+                // A full queue holds operations that write the buffer before they run, so the nudge is not
+                // needed then.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = self.tx.try_send(op) {
+                    tracing::error!("audit record lost: the store thread has stopped");
+                }
+            })
+            .await;
     }
 
     pub async fn put_vm(&self, vm: VmRow) -> Result<(), StoreError> {
@@ -260,3 +314,6 @@ impl StoreHandle {
         self.call(Op::Flush).await
     }
 }
+
+#[cfg(test)]
+mod tests;
