@@ -80,9 +80,22 @@ pub(super) async fn serve(
     accepted_at: Instant,
     cancel: CancellationToken,
 ) {
+    // The connection lives on the heap and this future keeps only the pointer: the attribution's locals end with
+    // `open`, so an idle connection's task holds the box and the head wait, not a second copy of the state.
+    let (conn, span) = open(shared, client, peer, cancel).await;
+    conn.run(accepted_at).instrument(span).await;
+}
+
+/// Attribution at accept: takes the record and builds the claims once (spec §7.3, §6).
+async fn open(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) -> (Box<Conn>, tracing::Span) {
     let _ = client.set_nodelay(true);
     let local = client.local_addr().unwrap_or(shared.listen);
-    // spec §7.3, §6: take the record and build the claims once; what may block (/proc, NSS) runs off the reactor.
+    // What may block (/proc, NSS) runs off the reactor.
     let attribution = match shared.attributor.clone().lookup(peer) {
         Lookup::Done(attribution) => attribution,
         Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
@@ -99,7 +112,7 @@ pub(super) async fn serve(
         exe = %caller.claims.process_full_path,
         dst = %caller.destination,
     );
-    let conn = Conn {
+    let conn = Box::new(Conn {
         shared,
         client,
         local,
@@ -114,8 +127,8 @@ pub(super) async fn serve(
         summary: None,
         client_gone: false,
         cancel,
-    };
-    conn.run(accepted_at).instrument(span).await;
+    });
+    (conn, span)
 }
 
 fn caller(
@@ -155,7 +168,7 @@ fn caller(
 }
 
 impl Conn {
-    async fn run(mut self, accepted_at: Instant) {
+    async fn run(mut self: Box<Self>, accepted_at: Instant) {
         let mut first = true;
         loop {
             let head_len = match self.read_head(first.then_some(accepted_at)).await {
@@ -355,7 +368,7 @@ impl Conn {
     }
 
     /// A refusal before step 1 (unparseable head, timeouts): answered, not counted.
-    async fn refuse_unparsed(mut self, reason: Reason) {
+    async fn refuse_unparsed(mut self: Box<Self>, reason: Reason) {
         tracing::debug!(target: CONNECTION_TARGET, reason = reason.code(), "request head refused");
         self.answer_refusal(reason).await;
         self.close().await;
@@ -371,7 +384,7 @@ impl Conn {
 
     /// Closes gracefully: FIN first, then a bounded drain of what the client still sends, so it reads the
     /// answer instead of a reset.
-    async fn close(mut self) {
+    async fn close(mut self: Box<Self>) {
         self.upstream = None;
         if self.client_gone {
             return;
