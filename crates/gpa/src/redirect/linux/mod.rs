@@ -112,7 +112,6 @@ impl Redirector {
                 (maps, attachments, origin, Some(pin_dir))
             }
         };
-        release_load_memory();
         let status = RedirectStatus {
             cgroup: cgroup.path.clone(),
             cgroup_id: cgroup.id,
@@ -295,10 +294,26 @@ fn own_process() -> Result<OwnProcess, RedirectError> {
     })
 }
 
-/// Hands the memory of the load back to the kernel. The loader parsed the kernel BTF (~5 MB, ~15 MB at peak) and
-/// has freed it, but glibc keeps freed heap pages resident until trimmed: without this they were a quarter of the
-/// idle agent's RSS.
-fn release_load_memory() {
+/// Frees the loader, whose parse of the kernel BTF (~5 MB of file, ~15 MB parsed) is no longer needed once the
+/// object is loaded, and hands the freed pages back to the kernel: glibc keeps them resident until trimmed, and they
+/// were a quarter of the idle agent's RSS. Both take milliseconds, so they run on a short-lived thread, beside the
+/// program loads and off the path to enforcing; nothing waits for it.
+fn release_in_background(loader: EbpfLoader<'static>) {
+    let spawned = std::thread::Builder::new()
+        .name("gpa-btf-free".into())
+        .spawn(move || {
+            drop(loader);
+            trim_heap();
+        });
+    if let Err(e) = spawned {
+        // The closure, and the loader with it, is already dropped.
+        warn!(error = %e, "no thread to free the kernel BTF parse; freeing it inline");
+        trim_heap();
+    }
+}
+
+/// Returns the free pages of every malloc arena to the kernel.
+fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: `malloc_trim` takes no pointers and only walks glibc's own free lists, under the arenas' locks.
     unsafe {
@@ -359,7 +374,9 @@ fn attach_fresh(
             loader.map_pin_path(name, pins.map(name));
         }
     }
-    let mut ebpf = loader.load(object).map_err(|e| match programs::errno(&e) {
+    let loaded = loader.load(object);
+    release_in_background(loader);
+    let mut ebpf = loaded.map_err(|e| match programs::errno(&e) {
         Some(programs::libc_errno::EPERM) => RedirectError::PermissionDenied {
             operation: "load",
             source: e.into(),
