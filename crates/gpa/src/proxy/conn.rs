@@ -2,10 +2,10 @@
 //! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
 //!
 //! Buffers are reused by each request and given back, in one box, when the connection idles; the connection's
-//! claims are built once (spec §6). Every request is counted, recorded in the summaries and logged once at debug level, on the
-//! `gpa::connection` target, without query strings, claims values or key material. This module must never
-//! read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the proxy
-//! generated itself.
+//! claims are built once (spec §6). Every request is counted, recorded in the summaries and logged once at debug
+//! level, on the `gpa::connection` target, without query strings, claims values or key material. This module must
+//! never read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the
+//! proxy generated itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
