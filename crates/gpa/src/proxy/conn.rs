@@ -1,11 +1,11 @@
 //! One downstream connection (spec §8.1, §8.4): attribution at accept, then requests one after another, each
 //! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
 //!
-//! Buffers live as long as the connection and are reused by each request; the connection's claims are built
-//! once (spec §6). Every request is counted, recorded in the summaries and logged once at debug level, on the
-//! `gpa::connection` target, without query strings, claims values or key material. This module must never
-//! read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the proxy
-//! generated itself.
+//! Buffers are reused by each request and given back, in one box, when the connection idles; the connection's
+//! claims are built once (spec §6). Every request is counted, recorded in the summaries and logged once at debug
+//! level, on the `gpa::connection` target, without query strings, claims values or key material. This module must
+//! never read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the
+//! proxy generated itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +41,19 @@ pub(super) struct Conn {
     pub(super) client: TcpStream,
     pub(super) local: SocketAddr,
     pub(super) caller: Caller,
+    /// The request's buffers and head: allocated when bytes arrive, given back when idle.
+    pub(super) b: OnDemand,
+    pub(super) upstream: Option<Upstream>,
+    /// The summary counter of this connection's last recorded (kind, status), for repeats (spec §8.6).
+    summary: Option<(SummaryKind, u16, Counter)>,
+    /// A write to the client failed: nobody is reading any more.
+    client_gone: bool,
+    cancel: CancellationToken,
+}
+
+/// What a connection needs only while it has a request to read or answer.
+#[derive(Default)]
+pub(super) struct Buffers {
     /// Bytes read and not yet used: the next head, or the current request's body.
     pub(super) rbuf: BytesMut,
     /// The current request's head, copied out of `rbuf` so the body can be consumed independently.
@@ -52,12 +65,34 @@ pub(super) struct Conn {
     pub(super) send: Vec<u8>,
     /// The bytes going to the client.
     pub(super) out: Vec<u8>,
-    pub(super) upstream: Option<Upstream>,
-    /// The summary counter of this connection's last recorded (kind, status), for repeats (spec §8.6).
-    summary: Option<(SummaryKind, u16, Counter)>,
-    /// A write to the client failed: nobody is reading any more.
-    client_gone: bool,
-    cancel: CancellationToken,
+}
+
+/// [`Buffers`] in one box, allocated on the first write and freed whole by [`OnDemand::release`]: an idle
+/// connection holds one empty pointer instead of six buffer headers and a parsed head (catalog G1). Reading a
+/// released one sees empty buffers and allocates nothing.
+#[derive(Default)]
+pub(super) struct OnDemand(Option<Box<Buffers>>);
+
+impl OnDemand {
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::ops::Deref for OnDemand {
+    type Target = Buffers;
+    fn deref(&self) -> &Buffers {
+        static EMPTY: std::sync::OnceLock<Buffers> = std::sync::OnceLock::new();
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Buffers::default))
+    }
+}
+
+impl std::ops::DerefMut for OnDemand {
+    fn deref_mut(&mut self) -> &mut Buffers {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 /// How waiting for a request head ended.
@@ -80,9 +115,22 @@ pub(super) async fn serve(
     accepted_at: Instant,
     cancel: CancellationToken,
 ) {
+    // The connection lives on the heap and this future keeps only the pointer: the attribution's locals end with
+    // `open`, so an idle connection's task holds the box and the head wait, not a second copy of the state.
+    let (conn, span) = open(shared, client, peer, cancel).await;
+    conn.run(accepted_at).instrument(span).await;
+}
+
+/// Attribution at accept: takes the record and builds the claims once (spec §7.3, §6).
+async fn open(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) -> (Box<Conn>, tracing::Span) {
     let _ = client.set_nodelay(true);
     let local = client.local_addr().unwrap_or(shared.listen);
-    // spec §7.3, §6: take the record and build the claims once; what may block (/proc, NSS) runs off the reactor.
+    // What may block (/proc, NSS) runs off the reactor.
     let attribution = match shared.attributor.clone().lookup(peer) {
         Lookup::Done(attribution) => attribution,
         Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
@@ -106,23 +154,18 @@ pub(super) async fn serve(
         exe = %caller.claims.process_full_path,
         dst = %caller.destination,
     );
-    let conn = Conn {
+    let conn = Box::new(Conn {
         shared,
         client,
         local,
         caller,
-        rbuf: BytesMut::new(),
-        head_buf: Vec::new(),
-        head: RequestHead::default(),
-        body: Vec::new(),
-        send: Vec::new(),
-        out: Vec::new(),
+        b: OnDemand::default(),
         upstream: None,
         summary: None,
         client_gone: false,
         cancel,
-    };
-    conn.run(accepted_at).instrument(span).await;
+    });
+    (conn, span)
 }
 
 fn caller(
@@ -162,7 +205,7 @@ fn caller(
 }
 
 impl Conn {
-    async fn run(mut self, accepted_at: Instant) {
+    async fn run(mut self: Box<Self>, accepted_at: Instant) {
         let mut first = true;
         loop {
             let head_len = match self.read_head(first.then_some(accepted_at)).await {
@@ -174,11 +217,12 @@ impl Conn {
                 HeadRead::Close => return,
             };
             first = false;
-            self.head_buf.clear();
-            self.head_buf
-                .extend_from_slice(self.rbuf.get(..head_len).unwrap_or_default());
-            self.rbuf.advance(head_len);
-            if let Err(e) = head::parse_into(&self.head_buf, &mut self.head) {
+            let b = &mut *self.b;
+            b.head_buf.clear();
+            b.head_buf
+                .extend_from_slice(b.rbuf.get(..head_len).unwrap_or_default());
+            b.rbuf.advance(head_len);
+            if let Err(e) = head::parse_into(&b.head_buf, &mut b.head) {
                 return Box::pin(self.refuse_unparsed(e.reason())).await;
             }
             // Boxed, like the closing paths: the request's futures (forward, relay, local answers) live on the
@@ -200,28 +244,28 @@ impl Conn {
         // Until the grace period passes, buffers are kept for the next request; then they are given back.
         let mut trim_at = Some(Instant::now() + IDLE_TRIM_AFTER);
         loop {
-            if !self.rbuf.is_empty() {
+            if !self.b.rbuf.is_empty() {
                 head_deadline.get_or_insert_with(|| Instant::now() + t.head);
-                if let Some(end) = head::find_end(&self.rbuf, scanned) {
+                if let Some(end) = head::find_end(&self.b.rbuf, scanned) {
                     return HeadRead::Ready(end);
                 }
-                scanned = self.rbuf.len();
-                if let Err(e) = head::check_partial(&self.rbuf) {
+                scanned = self.b.rbuf.len();
+                if let Err(e) = head::check_partial(&self.b.rbuf) {
                     return HeadRead::Refuse(e);
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
-            let trim = trim_at.filter(|at| self.rbuf.is_empty() && *at < deadline);
+            let trim = trim_at.filter(|at| self.b.rbuf.is_empty() && *at < deadline);
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return HeadRead::Close,
-                r = timeout_at(trim.unwrap_or(deadline), read_some(&self.client, &mut self.rbuf)) => r,
+                r = timeout_at(trim.unwrap_or(deadline), read_some(&self.client, &mut self.b)) => r,
             };
             match read {
                 Err(_) if trim.is_some() => {
                     trim_at = None;
                     self.release_buffers();
                 }
-                Err(_) if self.rbuf.is_empty() => return HeadRead::Close,
+                Err(_) if self.b.rbuf.is_empty() => return HeadRead::Close,
                 Err(_) => return HeadRead::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Close,
                 Ok(Ok(_)) => {}
@@ -234,7 +278,7 @@ impl Conn {
         let started = Instant::now();
         let id = self.shared.next_request_id();
         self.shared.status.board.count_request(); // step 1
-        let verdict = decide(&self.head_buf, &self.head, &self.caller, || {
+        let verdict = decide(&self.b.head_buf, &self.b.head, &self.caller, || {
             self.shared.snapshots.borrow().clone()
         });
         let (status, reason, kind, detail, keep) = match verdict {
@@ -301,7 +345,7 @@ impl Conn {
         detail: &str,
     ) {
         let elapsed = started.elapsed();
-        let target = self.head.target.of(&self.head_buf);
+        let target = self.b.head.target.of(&self.b.head_buf);
         // Within a connection the summary key differs only by status: a repeat is one atomic add.
         let counted = match &self.summary {
             Some((k, s, counter)) if *k == kind && *s == status => counter.add(clock::unix_ms()),
@@ -312,7 +356,7 @@ impl Conn {
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
             let record = RequestRecord::new(
                 id,
-                &String::from_utf8_lossy(self.head.method.of(&self.head_buf)),
+                &String::from_utf8_lossy(self.b.head.method.of(&self.b.head_buf)),
                 &String::from_utf8_lossy(target),
                 &self.caller.claims,
                 self.caller.original_dst.unwrap_or(self.local),
@@ -330,7 +374,7 @@ impl Conn {
         tracing::debug!(
             target: CONNECTION_TARGET,
             id,
-            method = %String::from_utf8_lossy(self.head.method.of(&self.head_buf)),
+            method = %String::from_utf8_lossy(self.b.head.method.of(&self.b.head_buf)),
             path = %String::from_utf8_lossy(msp_core::canon::raw_path(target)),
             status,
             reason = reason.map_or("", Reason::code),
@@ -341,28 +385,29 @@ impl Conn {
 
     /// The downstream connection may carry another request after this one (spec §8.1: keep-alive on HTTP/1.1).
     pub(super) fn client_keep_alive(&self) -> bool {
-        self.head.version == Version::Http11 && !self.head.close && !self.cancel.is_cancelled()
+        self.b.head.version == Version::Http11 && !self.b.head.close && !self.cancel.is_cancelled()
     }
 
     /// Reads more request bytes, waiting at most the idle timeout; false when the client is gone.
     pub(super) async fn fill(&mut self) -> bool {
-        if self.rbuf.capacity() - self.rbuf.len() < INITIAL_BUFFER / 2 {
-            self.rbuf.reserve(INITIAL_BUFFER);
+        let rbuf = &mut self.b.rbuf;
+        if rbuf.capacity() - rbuf.len() < INITIAL_BUFFER / 2 {
+            rbuf.reserve(INITIAL_BUFFER);
         }
         matches!(
-            timeout(self.shared.timeouts.idle, self.client.read_buf(&mut self.rbuf)).await,
+            timeout(self.shared.timeouts.idle, self.client.read_buf(rbuf)).await,
             Ok(Ok(n)) if n > 0
         )
     }
 
     /// Writes the refusal for `reason`; the connection closes after the request is recorded (spec §8.5).
     async fn answer_refusal(&mut self, reason: Reason) {
-        response::refusal(reason, &mut self.out);
+        response::refusal(reason, &mut self.b.out);
         self.write_out().await;
     }
 
     /// A refusal before step 1 (unparseable head, timeouts): answered, not counted.
-    async fn refuse_unparsed(mut self, reason: Reason) {
+    async fn refuse_unparsed(mut self: Box<Self>, reason: Reason) {
         tracing::debug!(target: CONNECTION_TARGET, reason = reason.code(), "request head refused");
         self.answer_refusal(reason).await;
         self.close().await;
@@ -371,14 +416,18 @@ impl Conn {
     /// Writes `out` to the client (bounded by the idle timeout); a failure leaves nothing to answer.
     pub(super) async fn write_out(&mut self) {
         self.upstream = None;
-        let written = timeout(self.shared.timeouts.idle, self.client.write_all(&self.out)).await;
-        self.out.clear();
+        let written = timeout(
+            self.shared.timeouts.idle,
+            self.client.write_all(&self.b.out),
+        )
+        .await;
+        self.b.out.clear();
         self.client_gone |= !matches!(written, Ok(Ok(())));
     }
 
     /// Closes gracefully: FIN first, then a bounded drain of what the client still sends, so it reads the
     /// answer instead of a reset.
-    async fn close(mut self) {
+    async fn close(mut self: Box<Self>) {
         self.upstream = None;
         if self.client_gone {
             return;
@@ -389,12 +438,7 @@ impl Conn {
 
     /// Gives back every buffer while the connection waits for its next request (catalog G1).
     fn release_buffers(&mut self) {
-        self.rbuf = BytesMut::new();
-        self.head_buf = Vec::new();
-        self.body = Vec::new();
-        self.send = Vec::new();
-        self.out = Vec::new();
-        self.head = RequestHead::default();
+        self.b.release();
         if let Some(up) = self.upstream.as_mut() {
             up.trim();
         }
@@ -402,10 +446,11 @@ impl Conn {
 
     /// Gives back memory a large request needed (catalog G1: idle connections stay small).
     fn trim_buffers(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
-            self.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
+        let b = &mut *self.b;
+        if b.rbuf.is_empty() && b.rbuf.capacity() > KEEP_BUFFER {
+            b.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
         }
-        for v in [&mut self.body, &mut self.send, &mut self.out] {
+        for v in [&mut b.body, &mut b.send, &mut b.out] {
             if v.capacity() > KEEP_BUFFER {
                 *v = Vec::new();
             }
@@ -413,11 +458,12 @@ impl Conn {
     }
 }
 
-/// Waits until the client socket is readable, then reads what is there into `buf`, reserving room only then (an
-/// idle connection holds no read buffer). `Ok(0)`: the client closed.
-async fn read_some(client: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+/// Waits until the client socket is readable, then reads what is there into the read buffer, allocating the
+/// buffers only then (an idle connection holds none). `Ok(0)`: the client closed.
+async fn read_some(client: &TcpStream, b: &mut OnDemand) -> std::io::Result<usize> {
     loop {
         client.readable().await?;
+        let buf = &mut b.rbuf;
         if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
             buf.reserve(INITIAL_BUFFER);
         }

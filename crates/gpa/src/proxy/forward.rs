@@ -61,26 +61,27 @@ impl Conn {
             Err(BodyError::Malformed) => return Outcome::Refused(Reason::BadRequest),
             Err(BodyError::Gone) => return Outcome::Broken { status: 0 },
         };
+        let b = &mut *self.b;
         let (body_bytes, consumed) = match body {
-            Body::Buffered(n) => (self.rbuf.get(..n).unwrap_or_default(), n),
-            Body::Decoded => (self.body.as_slice(), 0),
+            Body::Buffered(n) => (b.rbuf.get(..n).unwrap_or_default(), n),
+            Body::Decoded => (b.body.as_slice(), 0),
         };
-        let chunked = self.head.framing == Framing::Chunked;
+        let chunked = b.head.framing == Framing::Chunked;
         write_request(
-            &mut self.send,
-            &self.head_buf,
-            &self.head,
+            &mut b.send,
+            &b.head_buf,
+            &b.head,
             &self.caller.claims,
             &fwd.snapshot,
             Some(body_bytes),
             chunked,
         );
-        bytes::Buf::advance(&mut self.rbuf, consumed);
-        let idempotent = !matches!(self.head.method.of(&self.head_buf), b"POST" | b"PATCH");
+        bytes::Buf::advance(&mut b.rbuf, consumed);
+        let idempotent = !matches!(self.b.head.method.of(&self.b.head_buf), b"POST" | b"PATCH");
         self.exchange(idempotent).await
     }
 
-    /// Sends `self.send` upstream and relays the response; retries once on a fresh connection when a reused
+    /// Sends `self.b.send` upstream and relays the response; retries once on a fresh connection when a reused
     /// one turns out to have been closed by the host (spec §8.1).
     async fn exchange(&mut self, idempotent: bool) -> Outcome {
         for attempt in 0..2 {
@@ -96,7 +97,7 @@ impl Conn {
             }
             let limit = self.shared.timeouts.upstream_response;
             let sent = match self.upstream.as_mut() {
-                Some(up) => up.send(&self.send, limit).await,
+                Some(up) => up.send(&self.b.send, limit).await,
                 None => return Outcome::Refused(Reason::Internal),
             };
             if let Err(e) = sent {
@@ -134,7 +135,7 @@ impl Conn {
 
     async fn relay(&mut self) -> Result<relay::Relayed, RelayError> {
         let x = Exchange {
-            head_request: self.head.method.of(&self.head_buf) == b"HEAD",
+            head_request: self.b.head.method.of(&self.b.head_buf) == b"HEAD",
             client_keep_alive: self.client_keep_alive(),
             sent_at: Instant::now(),
             response_timeout: self.shared.timeouts.upstream_response,
@@ -146,7 +147,7 @@ impl Conn {
                 nothing_received: false,
             });
         };
-        relay::relay(up, &mut self.client, x, &mut self.out).await
+        relay::relay(up, &mut self.client, x, &mut self.b.out).await
     }
 
     fn relayed(&mut self, result: Result<relay::Relayed, RelayError>) -> Outcome {
@@ -178,10 +179,11 @@ impl Conn {
     /// An exempt request (spec §3.5): unsigned, streamed to the upstream as it arrives, up to 100 MiB. A
     /// chunked body that grows past the limit closes the upstream connection without completing the request.
     async fn forward_streamed(&mut self, fwd: &Forward) -> Outcome {
+        let b = &mut *self.b;
         write_request(
-            &mut self.send,
-            &self.head_buf,
-            &self.head,
+            &mut b.send,
+            &b.head_buf,
+            &b.head,
             &self.caller.claims,
             &fwd.snapshot,
             None,
@@ -200,7 +202,7 @@ impl Conn {
             self.upstream = None;
             return e;
         }
-        let streamed = match self.head.framing {
+        let streamed = match self.b.head.framing {
             Framing::None => Ok(()),
             Framing::Length(n) => self.stream_length(n).await,
             Framing::Chunked => self.stream_chunked(fwd.limit).await,
@@ -218,8 +220,8 @@ impl Conn {
         let Some(up) = self.upstream.as_mut() else {
             return Err(Reason::Internal);
         };
-        let result = up.send(&self.send, limit).await;
-        self.send.clear();
+        let result = up.send(&self.b.send, limit).await;
+        self.b.send.clear();
         result.map_err(|e| {
             self.upstream = None;
             send_error(&e)
@@ -228,15 +230,16 @@ impl Conn {
 
     async fn stream_length(&mut self, mut remaining: u64) -> Result<(), Outcome> {
         while remaining > 0 {
-            if self.rbuf.is_empty() && !self.fill().await {
+            if self.b.rbuf.is_empty() && !self.fill().await {
                 return Err(Outcome::Broken { status: 0 });
             }
             let n = usize::try_from(remaining)
                 .unwrap_or(usize::MAX)
-                .min(self.rbuf.len());
-            self.send
-                .extend_from_slice(self.rbuf.get(..n).unwrap_or_default());
-            bytes::Buf::advance(&mut self.rbuf, n);
+                .min(self.b.rbuf.len());
+            let b = &mut *self.b;
+            b.send
+                .extend_from_slice(b.rbuf.get(..n).unwrap_or_default());
+            bytes::Buf::advance(&mut b.rbuf, n);
             remaining -= n as u64;
             self.send_upstream().await.map_err(Outcome::Refused)?;
         }
@@ -247,28 +250,29 @@ impl Conn {
         let mut decoder = ChunkedDecoder::default();
         let mut total = 0u64;
         loop {
-            while !self.rbuf.is_empty() {
+            while !self.b.rbuf.is_empty() {
+                let b = &mut *self.b;
                 let p = decoder
-                    .decode(&self.rbuf)
+                    .decode(&b.rbuf)
                     .map_err(|_| Outcome::Refused(Reason::BadRequest))?;
-                let data = self.rbuf.get(p.data.clone()).unwrap_or_default();
+                let data = b.rbuf.get(p.data.clone()).unwrap_or_default();
                 total += data.len() as u64;
                 if total > limit {
                     return Err(Outcome::Refused(Reason::BodyTooLarge));
                 }
                 if !data.is_empty() {
-                    push_chunk(&mut self.send, data);
+                    push_chunk(&mut b.send, data);
                 }
-                bytes::Buf::advance(&mut self.rbuf, p.consumed);
+                bytes::Buf::advance(&mut b.rbuf, p.consumed);
                 if p.done {
-                    self.send.extend_from_slice(b"0\r\n\r\n");
+                    b.send.extend_from_slice(b"0\r\n\r\n");
                     return self.send_upstream().await.map_err(Outcome::Refused);
                 }
                 if p.consumed == 0 {
                     break;
                 }
             }
-            if !self.send.is_empty() {
+            if !self.b.send.is_empty() {
                 self.send_upstream().await.map_err(Outcome::Refused)?;
             }
             if !self.fill().await {
@@ -280,18 +284,19 @@ impl Conn {
     /// Reads a buffered body within `limit` (spec §8.4): a `Content-Length` body stays in the connection
     /// buffer, a chunked one is decoded into the body buffer and refused as soon as it grows past the limit.
     async fn read_body(&mut self, limit: u64) -> Result<Body, BodyError> {
-        match self.head.framing {
+        match self.b.head.framing {
             Framing::None => Ok(Body::Buffered(0)),
             Framing::Length(n) => {
                 // Step 4 already refused a declared length over the limit.
                 let n = usize::try_from(n).map_err(|_| BodyError::TooLarge)?;
-                if self.rbuf.len() < n {
+                if self.b.rbuf.len() < n {
                     self.continue_if_expected()
                         .await
                         .map_err(|_| BodyError::Gone)?;
-                    self.rbuf.reserve(n - self.rbuf.len());
+                    let rbuf = &mut self.b.rbuf;
+                    rbuf.reserve(n - rbuf.len());
                 }
-                while self.rbuf.len() < n {
+                while self.b.rbuf.len() < n {
                     if !self.fill().await {
                         return Err(BodyError::Gone);
                     }
@@ -299,20 +304,19 @@ impl Conn {
                 Ok(Body::Buffered(n))
             }
             Framing::Chunked => {
-                self.body.clear();
+                self.b.body.clear();
                 let mut decoder = ChunkedDecoder::default();
                 let mut asked = false;
                 loop {
-                    while !self.rbuf.is_empty() {
-                        let p = decoder
-                            .decode(&self.rbuf)
-                            .map_err(|_| BodyError::Malformed)?;
-                        let data = self.rbuf.get(p.data.clone()).unwrap_or_default();
-                        if (self.body.len() + data.len()) as u64 > limit {
+                    while !self.b.rbuf.is_empty() {
+                        let b = &mut *self.b;
+                        let p = decoder.decode(&b.rbuf).map_err(|_| BodyError::Malformed)?;
+                        let data = b.rbuf.get(p.data.clone()).unwrap_or_default();
+                        if (b.body.len() + data.len()) as u64 > limit {
                             return Err(BodyError::TooLarge);
                         }
-                        self.body.extend_from_slice(data);
-                        bytes::Buf::advance(&mut self.rbuf, p.consumed);
+                        b.body.extend_from_slice(data);
+                        bytes::Buf::advance(&mut b.rbuf, p.consumed);
                         if p.done {
                             return Ok(Body::Decoded);
                         }
@@ -336,10 +340,10 @@ impl Conn {
 
     /// `Expect: 100-continue`: the client holds the body back until told to send it.
     async fn continue_if_expected(&mut self) -> Result<(), Outcome> {
-        if !self.head.expect_continue || !self.rbuf.is_empty() {
+        if !self.b.head.expect_continue || !self.b.rbuf.is_empty() {
             return Ok(());
         }
-        self.head.expect_continue = false;
+        self.b.head.expect_continue = false;
         match timeout(
             self.shared.timeouts.idle,
             self.client.write_all(response::CONTINUE),

@@ -20,8 +20,8 @@ const NOTIFY: &[u8] = b"x-ms-azure-notify";
 impl Conn {
     /// Answers a local endpoint and closes; returns the status and the reason of a refusal.
     pub(super) async fn serve_local(&mut self, local: Local) -> (u16, Option<Reason>) {
-        let head_only = self.head.method.of(&self.head_buf) == b"HEAD";
-        let refusal = if self.head.field(&self.head_buf, b"metadata").is_none() {
+        let head_only = self.b.head.method.of(&self.b.head_buf) == b"HEAD";
+        let refusal = if self.b.head.field(&self.b.head_buf, b"metadata").is_none() {
             Some(Reason::MetadataHeaderRequired)
         } else if local == Local::AggregatedStatus
             && !self
@@ -34,16 +34,16 @@ impl Conn {
             None
         };
         if let Some(reason) = refusal {
-            response::refusal(reason, &mut self.out);
+            response::refusal(reason, &mut self.b.out);
             self.write_out().await;
             return (reason.status(), Some(reason));
         }
         let body = match local {
             Local::Provision => {
-                let tick = parse_time_tick(self.head.field(&self.head_buf, TIME_TICK));
+                let tick = parse_time_tick(self.b.head.field(&self.b.head_buf, TIME_TICK));
                 let state = self.shared.snapshots.borrow().channel.state;
                 let answer = self.shared.provisioning.answer(tick, state);
-                if !answer.finished && self.head.field(&self.head_buf, NOTIFY).is_some() {
+                if !answer.finished && self.b.head.field(&self.b.head_buf, NOTIFY).is_some() {
                     self.shared.keeper.notify();
                 }
                 serde_json::to_vec(&answer)
@@ -52,12 +52,12 @@ impl Conn {
         };
         match body {
             Ok(body) => {
-                response::json_ok(&body, head_only, &mut self.out);
+                response::json_ok(&body, head_only, &mut self.b.out);
                 self.write_out().await;
                 (200, None)
             }
             Err(_) => {
-                response::refusal(Reason::Internal, &mut self.out);
+                response::refusal(Reason::Internal, &mut self.b.out);
                 self.write_out().await;
                 (500, Some(Reason::Internal))
             }
