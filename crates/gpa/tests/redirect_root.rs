@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::thread;
 
-use gpa::redirect::{RedirectError, RedirectFailMode, Redirector};
+use gpa::redirect::{ConnRecord, RedirectError, RedirectFailMode, Redirector};
 use redirect_support::*;
 
 /// Entry point of the re-executed client processes (`redirect_support::child`); a no-op in a normal run.
@@ -110,30 +110,56 @@ fn conf_066_root_dual_stack_socket_to_mapped_address_is_redirected() {
     redirector.stop().unwrap();
 }
 
+/// A redirector for IMDS on a fresh test cgroup, whose listener port is free here, and a client in a network
+/// namespace of its own (nothing it sends can leave the machine) that listens on that port itself, as an agent
+/// there would, and connects to `target`. Returns the redirector, its listener and the client.
+fn netns_case(
+    cgroup: &TestCgroup,
+    target: &str,
+    extra: &[(&'static str, &str)],
+) -> (Redirector, SocketAddr, ChildProc) {
+    let listen_port = free_port();
+    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
+    redirector.set_policy(&[IMDS.parse().unwrap()]).unwrap();
+    let mut env = vec![
+        ("GPA_TEST_TARGET", target.to_owned()),
+        ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let client = Spawn {
+        role: "netns",
+        env,
+        cgroup: Some(cgroup),
+        wrapper: vec!["unshare", "--net"],
+        ..Spawn::default()
+    }
+    .run();
+    (redirector, listener, client)
+}
+
+const IMDS: &str = "169.254.169.254:80";
+
+/// `take` as an agent inside `pid`'s network namespace would run it (on a thread of its own that enters it).
+fn take_in_netns_of(redirector: &Redirector, pid: u32, peer: SocketAddr) -> Option<ConnRecord> {
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            redirector.take(peer)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 #[test]
 fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() {
     if !root_ready("conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected") {
         return;
     }
     let cgroup = TestCgroup::new("netns");
-    let listen_port = free_port();
-    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
-    let imds: SocketAddr = "169.254.169.254:80".parse().unwrap();
-    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
-    redirector.set_policy(&[imds]).unwrap();
-
-    // The client lives in a network namespace of its own: nothing it sends can leave the machine.
-    let client = Spawn {
-        role: "netns",
-        env: vec![
-            ("GPA_TEST_TARGET", "[::ffff:169.254.169.254]:80".to_owned()),
-            ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
-        ],
-        cgroup: Some(&cgroup),
-        wrapper: vec!["unshare", "--net"],
-        ..Spawn::default()
-    }
-    .run();
+    let (redirector, _, client) = netns_case(&cgroup, "[::ffff:169.254.169.254]:80", &[]);
     let report = client.report();
     assert_eq!(
         report.get("reply").map(String::as_str),
@@ -145,16 +171,8 @@ fn conf_066_root_mapped_metadata_address_in_a_network_namespace_is_redirected() 
     // From the agent's own namespace that connection does not exist.
     assert!(redirector.take(accepted_peer).is_none());
     // The record is found where the listener is, as the agent would: from inside the client's namespace.
-    let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
-    let record = thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            redirector.take(accepted_peer)
-        })
-        .join()
-        .unwrap()
-    })
-    .expect("record");
+    let record = take_in_netns_of(&redirector, client.pid, accepted_peer).expect("record");
+    let imds: SocketAddr = IMDS.parse().unwrap();
     assert_eq!((record.tgid, record.original_dst), (client.pid, imds));
     client.finish();
     redirector.stop().unwrap();
@@ -167,25 +185,8 @@ fn conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorde
         return;
     }
     let cgroup = TestCgroup::new("nostorage");
-    let listen_port = free_port();
-    let listener: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
-    let imds: SocketAddr = "169.254.169.254:80".parse().unwrap();
-    let redirector = Redirector::start(cgroup.config(listener, RedirectFailMode::Open)).unwrap();
-    redirector.set_policy(&[imds]).unwrap();
-
-    // In a namespace of its own whose sockets may hold no option memory, so the record's storage is refused.
-    let client = Spawn {
-        role: "netns",
-        env: vec![
-            ("GPA_TEST_TARGET", imds.to_string()),
-            ("GPA_TEST_LISTEN_PORT", listen_port.to_string()),
-            ("GPA_TEST_OPTMEM_MAX", "0".to_owned()),
-        ],
-        cgroup: Some(&cgroup),
-        wrapper: vec!["unshare", "--net"],
-        ..Spawn::default()
-    }
-    .run();
+    // The client's namespace lets its sockets hold no option memory, so the record's storage is refused.
+    let (redirector, listener, client) = netns_case(&cgroup, IMDS, &[("GPA_TEST_OPTMEM_MAX", "0")]);
     let report = client.report();
     // Still sent to the listener (fail closed there), never to the endpoint; without a record, getpeername()
     // has nothing to show but the listener.
@@ -203,15 +204,7 @@ fn conf_071_root_a_connect_whose_record_cannot_be_stored_is_redirected_unrecorde
     );
     // Nothing to take, so the proxy answers 421: the connection is unattributed, never someone else's.
     let accepted_peer: SocketAddr = report["accepted_peer"].parse().unwrap();
-    let netns = std::fs::File::open(format!("/proc/{}/ns/net", client.pid)).unwrap();
-    let taken = thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            redirector.take(accepted_peer)
-        })
-        .join()
-        .unwrap()
-    });
+    let taken = take_in_netns_of(&redirector, client.pid, accepted_peer);
     assert!(taken.is_none());
     client.finish();
     redirector.stop().unwrap();
