@@ -50,7 +50,7 @@ enum take_result {
 /*
  * An IP address and port, both in network byte order. IPv4 is stored in its IPv4-mapped IPv6 form
  * ::ffff:a.b.c.d, so one key type serves AF_INET and AF_INET6 sockets. Used as the policy key and value
- * (endpoint -> listener) and as the publish key (the client's loopback address and port).
+ * (endpoint -> listener) and in take_request (the accepted connection's two ends).
  */
 struct addr_port {
 	__u32 ip6_be[4];
