@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use self::cgroup::Cgroup;
 use self::maps::{Maps, OwnProcess};
-use self::pins::PinDir;
+use self::pins::{PinDir, pin_error};
 use self::programs::{PROGRAMS, ProgramSpec, TAKE_PROGRAM};
 use crate::redirect::abi::{
     self, AddrPort, POLICY_MAX_ENTRIES, TakeRequest, TakeResult, USER_HZ, map_name,
@@ -419,11 +419,7 @@ fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, Redire
     let take = programs::load_take(&mut ebpf)?;
     if let Some(pins) = pins {
         let path = pins.program(TAKE_PROGRAM);
-        take.pin(&path).map_err(|e| RedirectError::Bpffs {
-            path: path.clone(),
-            operation: "pin program",
-            source: Box::new(e),
-        })?;
+        take.pin(&path).map_err(pin_error(&path, "pin program"))?;
     }
     let mut attachments = Vec::with_capacity(PROGRAMS.len());
     for spec in &PROGRAMS {
@@ -433,11 +429,7 @@ fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, Redire
             None => (link, None),
             Some(pins) => {
                 let path = pins.link(spec.name);
-                let pinned = link.pin(&path).map_err(|e| RedirectError::Bpffs {
-                    path: path.clone(),
-                    operation: "pin link",
-                    source: Box::new(e),
-                })?;
+                let pinned = link.pin(&path).map_err(pin_error(&path, "pin link"))?;
                 (FdLink::from(pinned), Some(path))
             }
         };
@@ -486,22 +478,12 @@ fn adopt(
             warn!(pin = %take_pin.display(), "pinned program is not gpa_take; replacing the pins");
             return Ok(None);
         }
-        Err(e) => {
-            return Err(RedirectError::Bpffs {
-                path: take_pin.clone(),
-                operation: "open pinned program",
-                source: Box::new(e),
-            });
-        }
+        Err(e) => return Err(pin_error(&take_pin, "open pinned program")(e)),
     };
     let mut attachments = Vec::with_capacity(PROGRAMS.len());
     for spec in &PROGRAMS {
         let path = pins.link(spec.name);
-        let pinned = PinnedLink::from_pin(&path).map_err(|e| RedirectError::Bpffs {
-            path: path.clone(),
-            operation: "open pinned link",
-            source: Box::new(e),
-        })?;
+        let pinned = PinnedLink::from_pin(&path).map_err(pin_error(&path, "open pinned link"))?;
         let link = FdLink::from(pinned);
         let program = describe(spec, &link);
         attachments.push(Attachment {
@@ -519,11 +501,7 @@ fn adopt(
 
 fn open_pinned_map(pins: &PinDir, name: &'static str) -> Result<Map, RedirectError> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| RedirectError::Bpffs {
-        path: path.clone(),
-        operation: "open pinned map",
-        source: Box::new(e),
-    })?;
+    let data = MapData::from_pin(&path).map_err(pin_error(&path, "open pinned map"))?;
     Map::from_map_data(data).map_err(|e| RedirectError::MapLayout {
         map: name,
         source: Some(Box::new(e)),

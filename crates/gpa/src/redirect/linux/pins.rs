@@ -98,6 +98,18 @@ pub(super) fn remove_pin(path: &Path) -> Result<(), RedirectError> {
     }
 }
 
+/// The error of a failed pin or pin opening at `path` (aya's own error types, kept as the source).
+pub(super) fn pin_error<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+    operation: &'static str,
+) -> impl FnOnce(E) -> RedirectError {
+    move |e| RedirectError::Bpffs {
+        path: path.to_path_buf(),
+        operation,
+        source: Box::new(e),
+    }
+}
+
 fn bpffs_error(path: &Path, operation: &'static str, e: impl Into<io::Error>) -> RedirectError {
     let e: io::Error = e.into();
     if e.kind() == io::ErrorKind::PermissionDenied {
