@@ -163,7 +163,7 @@ mod tests {
         let mut first = OnDemand::default();
         first
             .rbuf
-            .extend_from_slice(b"GET /secret HTTP/1.1\r\nMetadata: true\r\n\r\n");
+            .extend_from_slice(b"GET /secret HTTP/1.1\r\nHost: h\r\nMetadata: true\r\n\r\n");
         let b = &mut *first;
         b.head_buf.extend_from_slice(&b.rbuf);
         b.rbuf.clear();
