@@ -403,12 +403,13 @@ impl Conn {
     }
 }
 
-/// Waits until the client socket is readable, then reads what is there and appends it to the read buffer,
-/// taking the buffers only when bytes came (an idle connection holds none). `Ok(0)`: the client closed.
+/// Waits until the client socket is readable, then reads what is there into the read buffer. The buffers are
+/// taken only then, and given straight back when nothing came: tokio reports the last readiness again until a
+/// read would block, so after every response the first wake-up finds nothing (an idle connection holds no
+/// buffers). `Ok(0)`: the client closed.
 ///
 /// A plain poll on the socket's read readiness: unlike `readable()`, it keeps no waiter of its own in the
-/// connection's task. The bytes land on the stack first because tokio reports the last readiness again until a
-/// read would block: after every response the first wake-up finds nothing to read.
+/// connection's task.
 fn read_some<'a>(
     client: &'a TcpStream,
     b: &'a mut OnDemand,
@@ -416,21 +417,14 @@ fn read_some<'a>(
     poll_fn(move |cx| {
         loop {
             ready!(client.poll_read_ready(cx))?;
-            let mut landing = [0u8; INITIAL_BUFFER];
+            let buf = &mut b.rbuf;
+            if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
+                buf.reserve(INITIAL_BUFFER);
+            }
             // A `WouldBlock` clears the readiness, so the next poll waits again.
-            match client.try_read(&mut landing) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Ok(n) => {
-                    if let Some(bytes) = landing.get(..n).filter(|s| !s.is_empty()) {
-                        let rbuf = &mut b.rbuf;
-                        if rbuf.capacity() - rbuf.len() < n {
-                            rbuf.reserve(n.max(INITIAL_BUFFER));
-                        }
-                        rbuf.extend_from_slice(bytes);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) => return Poll::Ready(Err(e)),
+            match client.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => b.release(),
+                result => return Poll::Ready(result),
             }
         }
     })
