@@ -70,6 +70,8 @@ impl Buffers {
 }
 
 thread_local! {
+    // Boxes, not values: a box moves between a connection and the pool without being reallocated or copied.
+    #[allow(clippy::vec_box)]
     static POOL: RefCell<Vec<Box<Buffers>>> = const { RefCell::new(Vec::new()) };
 }
 

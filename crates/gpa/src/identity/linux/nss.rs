@@ -17,11 +17,13 @@ pub(super) const NSS_CACHE_MAX_ENTRIES: usize = 4096;
 
 /// A user's name and group names, as the claims carry them.
 pub(super) type UserFacts = (Arc<str>, Arc<[String]>);
+/// Group names by (user name, primary gid).
+type GroupCache = TtlCache<(Arc<str>, u32), Arc<[String]>>;
 
 #[derive(Debug)]
 pub(super) struct Nss {
     users: Mutex<TtlCache<u32, Arc<str>>>,
-    groups: Mutex<TtlCache<(Arc<str>, u32), Arc<[String]>>>,
+    groups: Mutex<GroupCache>,
 }
 
 impl Nss {
