@@ -2,11 +2,11 @@
 //! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
 //!
 //! The connection's state lives in one box made at accept, so its task holds a pointer and the wait for the next
-//! head; the request buffers are taken from a per-thread pool for each request and given back when its response
-//! is done (`buffers`); the connection's claims are built once (spec §6). Every request is counted, recorded in the summaries and logged once at debug
-//! level, on the `gpa::connection` target, without query strings, claims values or key material. This module must
-//! never read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the
-//! proxy generated itself.
+//! head; the request buffers come from a per-thread pool for each request and go back when its response is done
+//! (`buffers`); the connection's claims are built once (spec §6). Every request is counted, recorded in the
+//! summaries and logged once at debug level, on the `gpa::connection` target, without query strings, claims
+//! values or key material. This module must never read `/proc` per request, hold a lock across `.await`, or keep
+//! a connection open after a response the proxy generated itself.
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub(super) struct Conn {
     /// When the connection was accepted, until its first head is read (that head's deadline runs from here).
     accepted_at: Option<Instant>,
     pub(super) caller: Caller,
-    /// The request's buffers and head: allocated when bytes arrive, given back when idle.
+    /// The request's buffers and head: taken when bytes arrive, given back when the response is done.
     pub(super) b: OnDemand,
     pub(super) upstream: Option<Upstream>,
     /// The summary counter of this connection's last recorded (kind, status), for repeats (spec §8.6).
@@ -118,6 +118,8 @@ impl Conn {
         // now with a pending record of its own (spec §7.3): a record taken for it is dropped, the connection is
         // unattributed (421), and the new client, whose record it was, fails closed too.
         match attribution {
+            // Unattributed, as built at accept.
+            Attribution::Direct => {}
             Attribution::Redirected { .. } if self.client.peer_addr().is_err() => {}
             attribution => self.caller = caller(attribution, peer, self.local, &self.shared),
         }
