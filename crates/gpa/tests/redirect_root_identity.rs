@@ -99,21 +99,17 @@ fn conf_065_root_claims_of_a_live_caller_come_from_the_record_and_proc() {
 
     let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
     assert_eq!(claims.process_id, client.pid);
-    assert_eq!(claims.process_full_path, exe.display().to_string());
+    assert_eq!(&*claims.process_full_path, exe.display().to_string());
     assert_eq!(
-        claims.process_name,
+        &*claims.process_name,
         exe.file_name().unwrap().to_string_lossy()
     );
     assert_eq!(
-        claims.process_cmd_line,
+        &*claims.process_cmd_line,
         format!("{} --skip token=*** --exact", exe.display())
     );
     assert_eq!(
-        (
-            claims.user_id,
-            claims.user_name.as_str(),
-            claims.run_as_elevated
-        ),
+        (claims.user_id, &*claims.user_name, claims.run_as_elevated),
         (0, "root", true)
     );
     assert!(
@@ -147,8 +143,8 @@ fn root_a_non_root_caller_gets_its_names_from_nss_and_is_not_elevated() {
         .unwrap()
         .map_or("undefined".to_owned(), |u| u.name);
     assert_eq!(
-        (claims.user_id, claims.user_name, claims.run_as_elevated),
-        (65_534, expected_name, false)
+        (claims.user_id, &*claims.user_name, claims.run_as_elevated),
+        (65_534, expected_name.as_str(), false)
     );
     client.finish();
     setup.redirector.stop().unwrap();
@@ -172,11 +168,7 @@ fn conf_063_root_a_uid_change_after_connect_keeps_the_connect_time_identity() {
         .claims(&record, peer)
         .expect("same process, new uid");
     assert_eq!(
-        (
-            claims.user_id,
-            claims.user_name.as_str(),
-            claims.run_as_elevated
-        ),
+        (claims.user_id, &*claims.user_name, claims.run_as_elevated),
         (0, "root", true)
     );
     client.finish();
@@ -347,9 +339,9 @@ fn c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path() {
     let claims = IdentityResolver::new()
         .claims(&record, peer)
         .expect("a live caller");
-    assert_ne!(claims.process_full_path, allowed.display().to_string());
-    assert_eq!(claims.process_full_path, "", "unprovable path is empty");
-    assert_eq!(claims.process_name, "");
+    assert_ne!(&*claims.process_full_path, allowed.display().to_string());
+    assert_eq!(&*claims.process_full_path, "", "unprovable path is empty");
+    assert_eq!(&*claims.process_name, "");
     drop(client);
     setup.redirector.stop().unwrap();
 }
@@ -377,9 +369,9 @@ fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims()
         .claims(&record, peer)
         .expect("a live caller");
     let escaped = msp_core::redact::escape_control(&evil.display().to_string());
-    assert_eq!(claims.process_full_path, escaped);
+    assert_eq!(&*claims.process_full_path, escaped);
     assert_eq!(
-        claims.process_name,
+        &*claims.process_name,
         "tool\\n{\"userName\": \"root\"}\\u{1b}[2J"
     );
     assert!(!claims.process_cmd_line.chars().any(char::is_control));

@@ -58,11 +58,11 @@ fn item_json() -> String {
 fn claims(user: usize) -> Claims {
     Claims {
         user_id: 1000,
-        user_name: format!("user{user}"),
-        user_groups: vec![format!("user{user}")],
+        user_name: format!("user{user}").into(),
+        user_groups: [format!("user{user}")].into(),
         process_id: 4242,
-        process_name: format!("app{user}"),
-        process_full_path: format!("/usr/bin/app{user}"),
+        process_name: format!("app{user}").into(),
+        process_full_path: format!("/usr/bin/app{user}").into(),
         process_cmd_line: "undefined".into(),
         run_as_elevated: false,
         client_ip: "127.0.0.1".into(),

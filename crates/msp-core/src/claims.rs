@@ -3,6 +3,12 @@
 //! Built once per connection by the agent (`gpa::identity`) from the kernel's attribution record plus NSS and
 //! `/proc`; read by the rules (identity selectors), the signer (`isRoot`) and the summaries. Only `isRoot`
 //! ever reaches the host (spec §3.2); the full object stays local.
+//!
+//! What describes the user and the process instance is shared (`Arc`): the agent builds it once per instance and
+//! every connection of that instance holds the same strings, so 10,000 connections of one client cost one copy
+//! (issue 8). Only the client's address is per connection.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,17 +24,17 @@ pub struct Claims {
     /// Real uid recorded in the kernel during `connect()`.
     pub user_id: u64,
     /// passwd name of `user_id`; [`UNDEFINED`] when there is none.
-    pub user_name: String,
+    pub user_name: Arc<str>,
     /// NSS group list of (`user_name`, primary gid).
-    pub user_groups: Vec<String>,
+    pub user_groups: Arc<[String]>,
     /// TGID recorded during `connect()`.
     pub process_id: u32,
     /// Last component of `process_full_path`.
-    pub process_name: String,
+    pub process_name: Arc<str>,
     /// Target of `/proc/<pid>/exe`; empty when unavailable.
-    pub process_full_path: String,
+    pub process_full_path: Arc<str>,
     /// First 4 words of the command line, redacted, at most 1,024 bytes; [`UNDEFINED`] when unavailable.
-    pub process_cmd_line: String,
+    pub process_cmd_line: Arc<str>,
     /// The real uid at `connect()` was 0.
     pub run_as_elevated: bool,
     /// Peer address of the accepted socket.
@@ -42,12 +48,12 @@ impl Claims {
     pub fn empty(client_ip: String, client_port: u16) -> Claims {
         Claims {
             user_id: 0,
-            user_name: EMPTY.to_owned(),
-            user_groups: Vec::new(),
+            user_name: EMPTY.into(),
+            user_groups: Arc::new([]),
             process_id: 0,
-            process_name: EMPTY.to_owned(),
-            process_full_path: EMPTY.to_owned(),
-            process_cmd_line: EMPTY.to_owned(),
+            process_name: EMPTY.into(),
+            process_full_path: EMPTY.into(),
+            process_cmd_line: EMPTY.into(),
             run_as_elevated: false,
             client_ip,
             client_port,
@@ -83,7 +89,7 @@ mod tests {
     fn empty_claims_are_not_elevated() {
         let c = Claims::empty("127.0.0.1".into(), 4000);
         assert!(!c.run_as_elevated);
-        assert_eq!(c.user_name, "empty");
+        assert_eq!(&*c.user_name, "empty");
         let json = serde_json::to_value(&c).unwrap();
         assert!(json.get("runAsElevated").is_some());
         assert!(json.get("processCmdLine").is_some());

@@ -10,7 +10,7 @@ fn root() -> Claims {
     Claims {
         user_id: 0,
         user_name: "root".into(),
-        user_groups: vec!["root".into()],
+        user_groups: ["root".into()].into(),
         process_id: 1,
         process_name: "curl".into(),
         process_full_path: "/usr/bin/curl".into(),

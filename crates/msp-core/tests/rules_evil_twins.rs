@@ -41,12 +41,12 @@ fn claims(user: &str, exe: &str, elevated: bool) -> Claims {
     let name = exe.rsplit('/').next().unwrap_or_default().to_owned();
     Claims {
         user_id: if elevated { 0 } else { 1000 },
-        user_name: user.to_owned(),
-        user_groups: vec![user.to_owned()],
+        user_name: user.into(),
+        user_groups: [user.to_owned()].into(),
         process_id: 77,
-        process_name: name,
-        process_full_path: exe.to_owned(),
-        process_cmd_line: "undefined".to_owned(),
+        process_name: name.into(),
+        process_full_path: exe.into(),
+        process_cmd_line: "undefined".into(),
         run_as_elevated: elevated,
         client_ip: "127.0.0.1".to_owned(),
         client_port: 50000,

@@ -103,7 +103,7 @@ async fn c3_root_symlinked_and_copied_binaries_get_the_real_executables_decision
 
     // The real binary, by its path: allowed by the exePath identity.
     let (claims, _) = claims_of(&ic, Probe::new(&real).in_cgroup(&ic.cgroup)).await;
-    assert_eq!(claims.process_full_path, real.display().to_string());
+    assert_eq!(&*claims.process_full_path, real.display().to_string());
     assert!(matches!(
         decide(&items, &claims),
         Decision::Allow {
@@ -113,12 +113,12 @@ async fn c3_root_symlinked_and_copied_binaries_get_the_real_executables_decision
 
     // Through a symlink: the kernel records the real executable, and so do the claims: same decision.
     let (claims, _) = claims_of(&ic, Probe::new(&link).in_cgroup(&ic.cgroup)).await;
-    assert_eq!(claims.process_full_path, real.display().to_string());
+    assert_eq!(&*claims.process_full_path, real.display().to_string());
     assert!(decide(&items, &claims).forwards());
 
     // A byte-identical copy elsewhere is another executable: not the allowed one.
     let (claims, _) = claims_of(&ic, Probe::new(&copy).in_cgroup(&ic.cgroup)).await;
-    assert_eq!(claims.process_full_path, copy.display().to_string());
+    assert_eq!(&*claims.process_full_path, copy.display().to_string());
     assert_eq!(
         decide(&items, &claims),
         Decision::Deny {
@@ -151,7 +151,7 @@ async fn c5_root_a_caller_in_new_cgroup_and_user_namespaces_is_intercepted_as_it
     assert_ne!(report.field("cgroupns"), ours.display().to_string());
     // Intercepted, and identified by its real uid: "root" inside a user namespace is not elevated.
     assert_eq!(claims.user_id, u64::from(NOBODY));
-    assert_eq!(claims.user_name, "nobody");
+    assert_eq!(&*claims.user_name, "nobody");
     assert!(!claims.run_as_elevated);
     let counters = ic.redirector.counters().unwrap();
     assert_eq!(counters.redirected, 1);

@@ -1,29 +1,34 @@
 //! One downstream connection (spec §8.1, §8.4): attribution at accept, then requests one after another, each
 //! through the steps of spec §8.2, until the client closes, a timeout fires, or the proxy answers itself.
 //!
-//! Buffers are reused by each request and given back, in one box, when the connection idles; the connection's
-//! claims are built once (spec §6). Every request is counted, recorded in the summaries and logged once at debug
-//! level, on the `gpa::connection` target, without query strings, claims values or key material. This module must
-//! never read `/proc` per request, hold a lock across `.await`, or keep a connection open after a response the
-//! proxy generated itself.
+//! The connection's state lives in one box made at accept, so its task holds a pointer and the wait for the next
+//! head; the request buffers come from a per-thread pool for each request and go back when its response is done
+//! (`buffers`); the connection's claims are built once (spec §6). Every request is counted, recorded in the
+//! summaries and logged once at debug level, on the `gpa::connection` target, without query strings, claims
+//! values or key material. This module must never read `/proc` per request, hold a lock across `.await`, or keep
+//! a connection open after a response the proxy generated itself.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use msp_core::canon::Destination;
 use msp_core::{Claims, Reason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::buffers::OnDemand;
 use super::decide::{Caller, Verdict, decide};
 use super::forward::Outcome;
-use super::head::{self, HeadError, RequestHead, Version};
-use super::limits::{IDLE_TRIM_AFTER, INITIAL_BUFFER, KEEP_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
+use super::head::{self, HeadError, Version};
+use super::limits::{INITIAL_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
 use super::{Attribution, Lookup, Shared};
@@ -39,9 +44,13 @@ const CLIENT_GONE: u16 = 499;
 pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     pub(super) client: TcpStream,
+    /// The client's address as accepted.
+    peer: SocketAddr,
     pub(super) local: SocketAddr,
+    /// When the connection was accepted, until its first head is read (that head's deadline runs from here).
+    accepted_at: Option<Instant>,
     pub(super) caller: Caller,
-    /// The request's buffers and head: allocated when bytes arrive, given back when idle.
+    /// The request's buffers and head: taken when bytes arrive, given back when the response is done.
     pub(super) b: OnDemand,
     pub(super) upstream: Option<Upstream>,
     /// The summary counter of this connection's last recorded (kind, status), for repeats (spec §8.6).
@@ -49,50 +58,8 @@ pub(super) struct Conn {
     /// A write to the client failed: nobody is reading any more.
     client_gone: bool,
     cancel: CancellationToken,
-}
-
-/// What a connection needs only while it has a request to read or answer.
-#[derive(Default)]
-pub(super) struct Buffers {
-    /// Bytes read and not yet used: the next head, or the current request's body.
-    pub(super) rbuf: BytesMut,
-    /// The current request's head, copied out of `rbuf` so the body can be consumed independently.
-    pub(super) head_buf: Vec<u8>,
-    pub(super) head: RequestHead,
-    /// The decoded body of a chunked request.
-    pub(super) body: Vec<u8>,
-    /// The bytes going upstream.
-    pub(super) send: Vec<u8>,
-    /// The bytes going to the client.
-    pub(super) out: Vec<u8>,
-}
-
-/// [`Buffers`] in one box, allocated on the first write and freed whole by [`OnDemand::release`]: an idle
-/// connection holds one empty pointer instead of six buffer headers and a parsed head (catalog G1). Reading a
-/// released one sees empty buffers and allocates nothing.
-#[derive(Default)]
-pub(super) struct OnDemand(Option<Box<Buffers>>);
-
-impl OnDemand {
-    fn release(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl std::ops::Deref for OnDemand {
-    type Target = Buffers;
-    fn deref(&self) -> &Buffers {
-        static EMPTY: std::sync::OnceLock<Buffers> = std::sync::OnceLock::new();
-        self.0
-            .as_deref()
-            .unwrap_or_else(|| EMPTY.get_or_init(Buffers::default))
-    }
-}
-
-impl std::ops::DerefMut for OnDemand {
-    fn deref_mut(&mut self) -> &mut Buffers {
-        self.0.get_or_insert_with(Box::default)
-    }
+    /// The connection's place under the cap (spec §8.4): given back when the connection ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// How waiting for a request head ended.
@@ -107,65 +74,72 @@ enum HeadRead {
     Close,
 }
 
-/// Serves one accepted connection to its end.
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    client: TcpStream,
-    peer: SocketAddr,
-    accepted_at: Instant,
-    cancel: CancellationToken,
-) {
-    // The connection lives on the heap and this future keeps only the pointer: the attribution's locals end with
-    // `open`, so an idle connection's task holds the box and the head wait, not a second copy of the state.
-    let (conn, span) = open(shared, client, peer, cancel).await;
-    conn.run(accepted_at).instrument(span).await;
+impl Conn {
+    /// A connection just accepted, on the heap at once: its task then holds the box, never a second copy of
+    /// the state. It is unattributed (a direct caller) until [`serve`] has looked up its record.
+    pub(super) fn accepted(
+        shared: Arc<Shared>,
+        client: TcpStream,
+        peer: SocketAddr,
+        accepted_at: Instant,
+        cancel: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Box<Conn> {
+        let _ = client.set_nodelay(true);
+        let local = client.local_addr().unwrap_or(shared.listen);
+        let caller = caller(Attribution::Direct, peer, local, &shared);
+        Box::new(Conn {
+            shared,
+            client,
+            peer,
+            local,
+            accepted_at: Some(accepted_at),
+            caller,
+            b: OnDemand::default(),
+            upstream: None,
+            summary: None,
+            client_gone: false,
+            cancel,
+            _permit: permit,
+        })
+    }
+
+    /// Attribution at accept: takes the record and builds the claims once (spec §7.3, §6).
+    async fn attribute(&mut self) -> tracing::Span {
+        let peer = self.peer;
+        // What may block (/proc, NSS) runs off the reactor.
+        let attribution = match self.shared.attributor.clone().lookup(peer) {
+            Lookup::Done(attribution) => attribution,
+            Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
+                .await
+                .unwrap_or(Attribution::Direct),
+        };
+        // A connection reset before it was accepted gave up its client's address, which a new client may hold by
+        // now with a pending record of its own (spec §7.3): a record taken for it is dropped, the connection is
+        // unattributed (421), and the new client, whose record it was, fails closed too.
+        match attribution {
+            // Unattributed, as built at accept.
+            Attribution::Direct => {}
+            Attribution::Redirected { .. } if self.client.peer_addr().is_err() => {}
+            attribution => self.caller = caller(attribution, peer, self.local, &self.shared),
+        }
+        let claims = &self.caller.claims;
+        // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
+        tracing::debug_span!(
+            "conn",
+            %peer,
+            pid = claims.process_id,
+            uid = claims.user_id,
+            exe = %claims.process_full_path,
+            dst = %self.caller.destination,
+        )
+    }
 }
 
-/// Attribution at accept: takes the record and builds the claims once (spec §7.3, §6).
-async fn open(
-    shared: Arc<Shared>,
-    client: TcpStream,
-    peer: SocketAddr,
-    cancel: CancellationToken,
-) -> (Box<Conn>, tracing::Span) {
-    let _ = client.set_nodelay(true);
-    let local = client.local_addr().unwrap_or(shared.listen);
-    // What may block (/proc, NSS) runs off the reactor.
-    let attribution = match shared.attributor.clone().lookup(peer) {
-        Lookup::Done(attribution) => attribution,
-        Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or(Attribution::Direct),
-    };
-    // A connection reset before it was accepted gave up its client's address, which a new client may hold by
-    // now with a pending record of its own (spec §7.3): a record taken for it is dropped, the connection is
-    // unattributed (421), and the new client, whose record it was, fails closed too.
-    let attribution = match attribution {
-        Attribution::Redirected { .. } if client.peer_addr().is_err() => Attribution::Direct,
-        attribution => attribution,
-    };
-    let caller = caller(attribution, peer, local, &shared);
-    // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
-    let span = tracing::debug_span!(
-        "conn",
-        %peer,
-        pid = caller.claims.process_id,
-        uid = caller.claims.user_id,
-        exe = %caller.claims.process_full_path,
-        dst = %caller.destination,
-    );
-    let conn = Box::new(Conn {
-        shared,
-        client,
-        local,
-        caller,
-        b: OnDemand::default(),
-        upstream: None,
-        summary: None,
-        client_gone: false,
-        cancel,
-    });
-    (conn, span)
+/// Serves one accepted connection to its end.
+pub(super) async fn serve(mut conn: Box<Conn>) {
+    let span = conn.attribute().await;
+    conn.run().instrument(span).await;
 }
 
 fn caller(
@@ -205,10 +179,9 @@ fn caller(
 }
 
 impl Conn {
-    async fn run(mut self: Box<Self>, accepted_at: Instant) {
-        let mut first = true;
+    async fn run(mut self: Box<Self>) {
         loop {
-            let head_len = match self.read_head(first.then_some(accepted_at)).await {
+            let head_len = match self.read_head().await {
                 HeadRead::Ready(n) => n,
                 HeadRead::Refuse(e) => return Box::pin(self.refuse_unparsed(e.reason())).await,
                 HeadRead::TimedOut => {
@@ -216,7 +189,6 @@ impl Conn {
                 }
                 HeadRead::Close => return,
             };
-            first = false;
             let b = &mut *self.b;
             b.head_buf.clear();
             b.head_buf
@@ -230,22 +202,23 @@ impl Conn {
             if !Box::pin(self.request()).await || self.cancel.is_cancelled() {
                 return Box::pin(self.close()).await;
             }
-            self.trim_buffers();
+            // The response is done: the buffers go back to the pool until the next request's bytes arrive.
+            self.b.release();
         }
     }
 
-    /// Waits for a complete head (spec §8.4): from `accepted_at` for the first request, from its first byte for
+    /// Waits for a complete head (spec §8.4): from the accept for the first request, from its first byte for
     /// later ones, after at most the idle timeout of silence.
-    async fn read_head(&mut self, accepted_at: Option<Instant>) -> HeadRead {
-        let t = self.shared.timeouts;
-        let idle_deadline = Instant::now() + t.idle;
-        let mut head_deadline = accepted_at.map(|at| at + t.head);
+    async fn read_head(&mut self) -> HeadRead {
+        let idle_deadline = Instant::now() + self.shared.timeouts.idle;
+        let mut head_deadline = self
+            .accepted_at
+            .take()
+            .map(|at| at + self.shared.timeouts.head);
         let mut scanned = 0;
-        // Until the grace period passes, buffers are kept for the next request; then they are given back.
-        let mut trim_at = Some(Instant::now() + IDLE_TRIM_AFTER);
         loop {
             if !self.b.rbuf.is_empty() {
-                head_deadline.get_or_insert_with(|| Instant::now() + t.head);
+                head_deadline.get_or_insert_with(|| Instant::now() + self.shared.timeouts.head);
                 if let Some(end) = head::find_end(&self.b.rbuf, scanned) {
                     return HeadRead::Ready(end);
                 }
@@ -255,16 +228,11 @@ impl Conn {
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
-            let trim = trim_at.filter(|at| self.b.rbuf.is_empty() && *at < deadline);
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return HeadRead::Close,
-                r = timeout_at(trim.unwrap_or(deadline), read_some(&self.client, &mut self.b)) => r,
+                r = timeout_at(deadline, read_some(&self.client, &mut self.b)) => r,
             };
             match read {
-                Err(_) if trim.is_some() => {
-                    trim_at = None;
-                    self.release_buffers();
-                }
                 Err(_) if self.b.rbuf.is_empty() => return HeadRead::Close,
                 Err(_) => return HeadRead::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Close,
@@ -435,43 +403,33 @@ impl Conn {
         let _ = self.client.shutdown().await;
         linger(&mut self.client, LINGER_TIMEOUT).await;
     }
-
-    /// Gives back every buffer while the connection waits for its next request (catalog G1).
-    fn release_buffers(&mut self) {
-        self.b.release();
-        if let Some(up) = self.upstream.as_mut() {
-            up.trim();
-        }
-    }
-
-    /// Gives back memory a large request needed (catalog G1: idle connections stay small).
-    fn trim_buffers(&mut self) {
-        let b = &mut *self.b;
-        if b.rbuf.is_empty() && b.rbuf.capacity() > KEEP_BUFFER {
-            b.rbuf = BytesMut::with_capacity(INITIAL_BUFFER);
-        }
-        for v in [&mut b.body, &mut b.send, &mut b.out] {
-            if v.capacity() > KEEP_BUFFER {
-                *v = Vec::new();
-            }
-        }
-    }
 }
 
-/// Waits until the client socket is readable, then reads what is there into the read buffer, allocating the
-/// buffers only then (an idle connection holds none). `Ok(0)`: the client closed.
-async fn read_some(client: &TcpStream, b: &mut OnDemand) -> std::io::Result<usize> {
-    loop {
-        client.readable().await?;
-        let buf = &mut b.rbuf;
-        if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
-            buf.reserve(INITIAL_BUFFER);
+/// Waits until the client socket is readable, then reads what is there into the read buffer. The buffers are
+/// taken only then, and given straight back when nothing came: tokio reports the last readiness again until a
+/// read would block, so after every response the first wake-up finds nothing (an idle connection holds no
+/// buffers). `Ok(0)`: the client closed.
+///
+/// A plain poll on the socket's read readiness: unlike `readable()`, it keeps no waiter of its own in the
+/// connection's task.
+fn read_some<'a>(
+    client: &'a TcpStream,
+    b: &'a mut OnDemand,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    poll_fn(move |cx| {
+        loop {
+            ready!(client.poll_read_ready(cx))?;
+            let buf = &mut b.rbuf;
+            if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
+                buf.reserve(INITIAL_BUFFER);
+            }
+            // A `WouldBlock` clears the readiness, so the next poll waits again.
+            match client.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => b.release(),
+                result => return Poll::Ready(result),
+            }
         }
-        match client.try_read_buf(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            result => return result,
-        }
-    }
+    })
 }
 
 /// Reads and discards at most [`LINGER_BYTES`] for at most `limit`.

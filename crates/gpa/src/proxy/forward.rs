@@ -147,7 +147,11 @@ impl Conn {
                 nothing_received: false,
             });
         };
-        relay::relay(up, &mut self.client, x, &mut self.b.out).await
+        // A response is read only from bytes received after its request went out (a closed upstream's stray
+        // bytes may still sit in a kept box).
+        let b = &mut *self.b;
+        b.ubuf.clear();
+        relay::relay(up, &mut b.ubuf, &mut self.client, x, &mut b.out).await
     }
 
     fn relayed(&mut self, result: Result<relay::Relayed, RelayError>) -> Outcome {

@@ -29,11 +29,12 @@ pub const MAX_TRAILERS: usize = 16 * 1024;
 pub const MAX_INTERIM_RESPONSES: usize = 8;
 /// Initial per-connection buffer, in bytes; it grows to the head and body limits only when a request needs it.
 pub const INITIAL_BUFFER: usize = 4 * 1024;
-/// A buffer that grew past this is released after its request, so idle connections stay small (catalog G1).
-pub const KEEP_BUFFER: usize = 64 * 1024;
-/// A keep-alive connection that waits this long for its next request gives back every buffer (its own and its
-/// upstream connection's): 10,000 idle connections hold sockets, not buffers (catalog G1, issue 8).
-pub const IDLE_TRIM_AFTER: Duration = Duration::from_millis(200);
+/// Request-buffer boxes pooled per runtime thread (catalog G1): requests in flight beyond it allocate their own,
+/// freed afterwards.
+pub const POOL_MAX_PER_THREAD: usize = 64;
+/// Capacity, in bytes, above which a request buffer is freed instead of pooled, so a 64 KiB request does not pin
+/// 64 KiB (catalog G1); the next request that needs it grows it again.
+pub const POOLED_BUFFER_MAX: usize = 16 * 1024;
 /// After an agent-generated response the proxy reads and discards at most this many bytes, for at most
 /// [`LINGER_TIMEOUT`], before closing, so the client reads the response instead of a reset.
 pub const LINGER_BYTES: usize = 256 * 1024;

@@ -22,6 +22,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod buffers;
 pub mod chunked;
 mod conn;
 pub mod decide;
@@ -174,10 +175,8 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (shared, cancel) = (shared.clone(), cancel.clone());
-                tracker.spawn(async move {
-                    conn::serve(shared, stream, peer, accepted_at, cancel).await;
-                    drop(permit);
-                });
+                let conn = conn::Conn::accepted(shared, stream, peer, accepted_at, cancel, permit);
+                tracker.spawn(conn::serve(conn));
             }
             Err(_) => {
                 tracing::warn!(%peer, "connection cap reached; answering 503 OVERLOADED");

@@ -27,11 +27,11 @@ use super::limits::{
 /// The relay marker (spec §3.6).
 pub(super) const MARKER: &[u8] = b"x-ms-azure-host-authorization: value\r\n";
 
-/// An open connection to the original destination.
+/// An open connection to the original destination. Its read buffer belongs to the request being relayed
+/// (`Buffers::ubuf`): an idle upstream connection holds only its socket.
 #[derive(Debug)]
 pub(super) struct Upstream {
     stream: TcpStream,
-    buf: BytesMut,
 }
 
 impl Upstream {
@@ -40,19 +40,9 @@ impl Upstream {
         match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                Ok(Upstream {
-                    stream,
-                    buf: BytesMut::new(),
-                })
+                Ok(Upstream { stream })
             }
             _ => Err(Reason::UpstreamConnect),
-        }
-    }
-
-    /// Gives back the read buffer when it holds nothing (an idle connection); reads reserve it again.
-    pub(super) fn trim(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
         }
     }
 
@@ -120,9 +110,11 @@ pub(super) struct Exchange {
     pub(super) write_timeout: Duration,
 }
 
-/// Reads the response to the request just sent and relays it to `client`, head rewritten per spec §3.6.
+/// Reads the response to the request just sent into `buf` and relays it to `client`, head rewritten per spec
+/// §3.6.
 pub(super) async fn relay(
     up: &mut Upstream,
+    buf: &mut BytesMut,
     client: &mut TcpStream,
     x: Exchange,
     out: &mut Vec<u8>,
@@ -131,25 +123,25 @@ pub(super) async fn relay(
     let mut interim = 0;
     let mut received_any = false;
     let (head_len, status, body, key_unknown, upstream_keep) = loop {
-        match parse_response(&up.buf, x.head_request, out, x.client_keep_alive) {
+        match parse_response(buf, x.head_request, out, x.client_keep_alive) {
             Parsed::Complete(r) if (100..200).contains(&r.status) => {
                 // 101 was refused in parse_response; other 1xx are interim: drop and read on.
                 interim += 1;
                 if interim > MAX_INTERIM_RESPONSES {
                     return Err(protocol());
                 }
-                up.buf.advance(r.head_len);
+                buf.advance(r.head_len);
                 continue;
             }
             Parsed::Complete(r) => break (r.head_len, r.status, r.body, r.key_unknown, r.keep),
             Parsed::Invalid => return Err(protocol()),
             Parsed::Partial => {}
         }
-        if up.buf.len() > MAX_RESPONSE_HEAD_BYTES {
+        if buf.len() > MAX_RESPONSE_HEAD_BYTES {
             return Err(protocol());
         }
-        up.buf.reserve(INITIAL_BUFFER);
-        match timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
+        buf.reserve(INITIAL_BUFFER);
+        match timeout_at(deadline, up.stream.read_buf(buf)).await {
             Err(_) => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamTimeout,
@@ -159,15 +151,15 @@ pub(super) async fn relay(
             Ok(Ok(0)) | Ok(Err(_)) => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamConnect,
-                    nothing_received: !received_any && up.buf.is_empty(),
+                    nothing_received: !received_any && buf.is_empty(),
                 });
             }
             Ok(Ok(_)) => received_any = true,
         }
     };
-    up.buf.advance(head_len);
+    buf.advance(head_len);
     let client_open = x.client_keep_alive && body != Body::UntilClose;
-    let upstream_open = relay_body(up, client, body, x, out)
+    let upstream_open = relay_body(up, buf, client, body, x, out)
         .await
         .map_err(|()| RelayError::AfterHead(status))?;
     Ok(Relayed {
@@ -188,6 +180,7 @@ fn protocol() -> RelayError {
 /// Relays the body after the head already in `out`; returns whether the upstream connection is clean.
 async fn relay_body(
     up: &mut Upstream,
+    buf: &mut BytesMut,
     client: &mut TcpStream,
     body: Body,
     x: Exchange,
@@ -205,14 +198,14 @@ async fn relay_body(
             Body::Length(_) => {
                 let n = usize::try_from(remaining)
                     .unwrap_or(usize::MAX)
-                    .min(up.buf.len());
+                    .min(buf.len());
                 remaining -= n as u64;
                 (n, remaining == 0)
             }
             Body::Chunked => {
                 let mut used = 0;
-                while used < up.buf.len() && !chunked.is_done() {
-                    let rest = up.buf.get(used..).unwrap_or_default();
+                while used < buf.len() && !chunked.is_done() {
+                    let rest = buf.get(used..).unwrap_or_default();
                     let p = chunked.decode(rest).map_err(|_| ())?;
                     used += p.consumed;
                     if p.consumed == 0 {
@@ -221,19 +214,19 @@ async fn relay_body(
                 }
                 (used, chunked.is_done())
             }
-            Body::UntilClose => (up.buf.len(), false),
+            Body::UntilClose => (buf.len(), false),
         };
-        out.extend_from_slice(up.buf.get(..take).unwrap_or_default());
-        up.buf.advance(take);
+        out.extend_from_slice(buf.get(..take).unwrap_or_default());
+        buf.advance(take);
         if !out.is_empty() {
             write_client(client, out, x.write_timeout).await?;
         }
         if done {
             // Stray bytes after a complete response: the connection is no longer in a known state.
-            return Ok(up.buf.is_empty());
+            return Ok(buf.is_empty());
         }
-        up.buf.reserve(INITIAL_BUFFER);
-        match timeout(x.response_timeout, up.stream.read_buf(&mut up.buf)).await {
+        buf.reserve(INITIAL_BUFFER);
+        match timeout(x.response_timeout, up.stream.read_buf(buf)).await {
             Ok(Ok(0)) if body == Body::UntilClose => return Ok(false),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(()),
             Ok(Ok(_)) => {}

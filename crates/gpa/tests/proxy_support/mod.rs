@@ -48,17 +48,17 @@ pub fn claims(who: &Who, client: SocketAddr) -> Claims {
     let root = matches!(who, Who::Root);
     Claims {
         user_id: if root { 0 } else { 1000 },
-        user_name: if root { "root" } else { "alice" }.to_owned(),
-        user_groups: vec![if root { "root" } else { "alice" }.to_owned()],
+        user_name: if root { "root" } else { "alice" }.into(),
+        user_groups: [if root { "root" } else { "alice" }.to_owned()].into(),
         process_id: 4242,
-        process_name: if root { "curl" } else { "python3" }.to_owned(),
+        process_name: if root { "curl" } else { "python3" }.into(),
         process_full_path: if root {
             "/usr/bin/curl"
         } else {
             "/usr/bin/python3"
         }
-        .to_owned(),
-        process_cmd_line: "client --token ***".to_owned(),
+        .into(),
+        process_cmd_line: "client --token ***".into(),
         run_as_elevated: root,
         client_ip: client.ip().to_string(),
         client_port: client.port(),

@@ -53,11 +53,11 @@ pub(super) fn identity_matches(identity: &Identity, claims: &Claims) -> bool {
     identity
         .user_name
         .as_deref()
-        .is_none_or(|u| u == claims.user_name)
+        .is_none_or(|u| u == &*claims.user_name)
         && identity
             .process_name
             .as_deref()
-            .is_none_or(|p| p == claims.process_name)
+            .is_none_or(|p| p == &*claims.process_name)
         && identity
             .group_name
             .as_deref()
@@ -65,7 +65,7 @@ pub(super) fn identity_matches(identity: &Identity, claims: &Claims) -> bool {
         && identity
             .exe_path
             .as_deref()
-            .is_none_or(|e| Path::new(e) == Path::new(&claims.process_full_path))
+            .is_none_or(|e| Path::new(e) == Path::new(&*claims.process_full_path))
 }
 
 impl CompiledItem {

@@ -14,7 +14,7 @@ use msp_core::Claims;
 use msp_core::claims::UNDEFINED;
 use msp_core::redact::escape_control;
 
-use self::nss::Nss;
+use self::nss::{Nss, UserFacts};
 use self::procfs::{Exe, ProcDir};
 use crate::identity::cache::TtlCache;
 use crate::identity::{IdentityError, StaleReason, format_cmdline};
@@ -65,24 +65,20 @@ impl InstanceKey {
     }
 }
 
-/// The `/proc` facts of one process instance.
+/// The `/proc` facts of one process instance. Its strings go into the claims of every connection of the
+/// instance as they are: shared, not copied.
 #[derive(Debug)]
 struct ProcFacts {
     /// Mount id and inode of the verified live executable, when there was one.
     exe: Option<(u64, u64)>,
-    full_path: String,
-    process_name: String,
-    cmdline: String,
+    full_path: Arc<str>,
+    process_name: Arc<str>,
+    cmdline: Arc<str>,
 }
 
 impl ProcFacts {
-    fn claims(
-        &self,
-        record: &ConnRecord,
-        peer: SocketAddr,
-        user_name: String,
-        user_groups: Vec<String>,
-    ) -> Claims {
+    fn claims(&self, record: &ConnRecord, peer: SocketAddr, user: UserFacts) -> Claims {
+        let (user_name, user_groups) = user;
         Claims {
             user_id: u64::from(record.uid),
             user_name,
@@ -135,7 +131,7 @@ impl IdentityResolver {
         };
         let user_name = self.nss.user_name(record.uid, now);
         let user_groups = self.nss.groups(&user_name, record.gid, now);
-        Ok(facts.claims(record, peer, user_name, user_groups))
+        Ok(facts.claims(record, peer, (user_name, user_groups)))
     }
 
     /// [`claims`](IdentityResolver::claims) from the caches alone, without blocking: `None` when the instance's
@@ -149,11 +145,11 @@ impl IdentityResolver {
     ) -> Option<Result<Claims, IdentityError>> {
         let now = Instant::now();
         let facts = self.cached_facts(record, now)?;
-        let (user_name, user_groups) = self.nss.cached(record.uid, record.gid, now)?;
+        let user = self.nss.cached(record.uid, record.gid, now)?;
         Some(
             self.live_instance(record)
                 .and_then(|dir| self.still_running(&dir, record, facts))
-                .map(|facts| facts.claims(record, peer, user_name, user_groups)),
+                .map(|facts| facts.claims(record, peer, user)),
         )
     }
 
@@ -238,9 +234,9 @@ impl IdentityResolver {
             .unwrap_or_default();
         let facts = Arc::new(ProcFacts {
             exe: exe.as_ref().map(|e| (e.mnt_id(), e.ino())),
-            full_path,
-            process_name,
-            cmdline,
+            full_path: full_path.into(),
+            process_name: process_name.into(),
+            cmdline: cmdline.into(),
         });
         if let (Some(key), Some(_)) = (InstanceKey::of(record), &facts.exe) {
             lock(&self.instances).insert(key, facts.clone(), now);

@@ -1,7 +1,8 @@
 //! User and group names from NSS (`getpwuid_r`, `getgrouplist`, `getgrgid_r`), cached at most 60 s (spec §6).
-//! These calls may block on a directory service: callers run them off the async executor.
+//! These calls may block on a directory service: callers run them off the async executor. The answers are
+//! shared (`Arc`) by the claims of every connection that uses them.
 use std::ffi::CString;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use msp_core::claims::UNDEFINED;
@@ -14,10 +15,15 @@ pub(super) const NSS_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries per cache; beyond it expired entries, then all, are dropped.
 pub(super) const NSS_CACHE_MAX_ENTRIES: usize = 4096;
 
+/// A user's name and group names, as the claims carry them.
+pub(super) type UserFacts = (Arc<str>, Arc<[String]>);
+/// Group names by (user name, primary gid).
+type GroupCache = TtlCache<(Arc<str>, u32), Arc<[String]>>;
+
 #[derive(Debug)]
 pub(super) struct Nss {
-    users: Mutex<TtlCache<u32, String>>,
-    groups: Mutex<TtlCache<(String, u32), Vec<String>>>,
+    users: Mutex<TtlCache<u32, Arc<str>>>,
+    groups: Mutex<GroupCache>,
 }
 
 impl Nss {
@@ -29,33 +35,33 @@ impl Nss {
     }
 
     /// The cached answers for (`uid`, `gid`) only: never calls NSS, so it cannot block.
-    pub(super) fn cached(&self, uid: u32, gid: u32, now: Instant) -> Option<(String, Vec<String>)> {
+    pub(super) fn cached(&self, uid: u32, gid: u32, now: Instant) -> Option<UserFacts> {
         let name = lock(&self.users).get(&uid, now)?;
         let groups = lock(&self.groups).get(&(name.clone(), gid), now)?;
         Some((name, groups))
     }
 
     /// The passwd name of `uid`, or `undefined`.
-    pub(super) fn user_name(&self, uid: u32, now: Instant) -> String {
+    pub(super) fn user_name(&self, uid: u32, now: Instant) -> Arc<str> {
         if let Some(name) = lock(&self.users).get(&uid, now) {
             return name;
         }
-        let name = User::from_uid(Uid::from_raw(uid))
+        let name: Arc<str> = User::from_uid(Uid::from_raw(uid))
             .ok()
             .flatten()
-            .map_or_else(|| UNDEFINED.to_owned(), |u| u.name);
+            .map_or_else(|| UNDEFINED.into(), |u| u.name.into());
         lock(&self.users).insert(uid, name.clone(), now);
         name
     }
 
     /// The group names of (`user`, `gid`): `getgrouplist`, or only `gid`'s group when the user has no name.
-    pub(super) fn groups(&self, user: &str, gid: u32, now: Instant) -> Vec<String> {
-        let key = (user.to_owned(), gid);
+    pub(super) fn groups(&self, user: &Arc<str>, gid: u32, now: Instant) -> Arc<[String]> {
+        let key = (user.clone(), gid);
         if let Some(groups) = lock(&self.groups).get(&key, now) {
             return groups;
         }
-        let gids = match CString::new(user) {
-            Ok(name) if user != UNDEFINED => {
+        let gids = match CString::new(user.as_bytes()) {
+            Ok(name) if **user != *UNDEFINED => {
                 getgrouplist(&name, Gid::from_raw(gid)).unwrap_or_default()
             }
             _ => vec![Gid::from_raw(gid)],
@@ -68,6 +74,7 @@ impl Nss {
                 names.push(group.name);
             }
         }
+        let names: Arc<[String]> = names.into();
         lock(&self.groups).insert(key, names.clone(), now);
         names
     }

@@ -3,12 +3,12 @@ use super::*;
 fn claims(user: &str) -> Claims {
     Claims {
         user_id: 1000,
-        user_name: user.to_owned(),
-        user_groups: vec!["users".to_owned()],
+        user_name: user.into(),
+        user_groups: ["users".to_owned()].into(),
         process_id: 7,
-        process_name: "curl".to_owned(),
-        process_full_path: "/usr/bin/curl".to_owned(),
-        process_cmd_line: "curl -H Metadata:true".to_owned(),
+        process_name: "curl".into(),
+        process_full_path: "/usr/bin/curl".into(),
+        process_cmd_line: "curl -H Metadata:true".into(),
         run_as_elevated: false,
         client_ip: "127.0.0.1".to_owned(),
         client_port: 40000,

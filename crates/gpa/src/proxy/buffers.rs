@@ -1,0 +1,220 @@
+//! The buffers one request needs, and a small per-thread pool of them (catalog G1, issue 8).
+//!
+//! A connection holds its [`Buffers`] only while it reads or answers a request: it takes a box from its worker
+//! thread's pool when request bytes arrive and gives it back as soon as the response is written. Live buffers
+//! therefore follow the requests in flight, not the open connections, and a box that outlives its request does
+//! not leave a hole between the long-lived allocations of other connections (`malloc_trim` cannot return such
+//! holes). Taking and giving back is one thread-local `Vec` pop or push: no lock, no syscall.
+//!
+//! This module must never hand out a box that still holds a previous request's bytes or parsed head, keep more
+//! than [`POOL_MAX_PER_THREAD`] boxes per thread, or pool a buffer whose capacity exceeds
+//! [`POOLED_BUFFER_MAX`] (a 64 KiB request must not pin 64 KiB for good).
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+use super::head::RequestHead;
+use super::limits::{POOL_MAX_PER_THREAD, POOLED_BUFFER_MAX};
+
+/// What a connection needs only while it has a request to read or answer.
+#[derive(Default)]
+pub(super) struct Buffers {
+    /// Bytes read and not yet used: the next head, or the current request's body.
+    pub(super) rbuf: BytesMut,
+    /// The current request's head, copied out of `rbuf` so the body can be consumed independently.
+    pub(super) head_buf: Vec<u8>,
+    pub(super) head: RequestHead,
+    /// The decoded body of a chunked request.
+    pub(super) body: Vec<u8>,
+    /// The bytes going upstream.
+    pub(super) send: Vec<u8>,
+    /// Bytes read from the upstream connection and not yet relayed. Empty after every complete response that
+    /// leaves the upstream connection open (spec §8.1: stray bytes close it).
+    pub(super) ubuf: BytesMut,
+    /// The bytes going to the client.
+    pub(super) out: Vec<u8>,
+}
+
+impl Buffers {
+    /// Empties every buffer and frees those over [`POOLED_BUFFER_MAX`]; the parsed head is reset, keeping only
+    /// its vectors' capacity (bounded by the header-count limit).
+    fn recycle(&mut self) {
+        for b in [&mut self.rbuf, &mut self.ubuf] {
+            b.clear();
+            if b.capacity() > POOLED_BUFFER_MAX {
+                *b = BytesMut::new();
+            }
+        }
+        for v in [
+            &mut self.head_buf,
+            &mut self.body,
+            &mut self.send,
+            &mut self.out,
+        ] {
+            v.clear();
+            if v.capacity() > POOLED_BUFFER_MAX {
+                *v = Vec::new();
+            }
+        }
+        let mut fields = std::mem::take(&mut self.head.fields);
+        let mut names = std::mem::take(&mut self.head.connection_names);
+        fields.clear();
+        names.clear();
+        self.head = RequestHead {
+            fields,
+            connection_names: names,
+            ..RequestHead::default()
+        };
+    }
+}
+
+thread_local! {
+    // Boxes, not values: a box moves between a connection and the pool without being reallocated or copied.
+    #[allow(clippy::vec_box)]
+    static POOL: RefCell<Vec<Box<Buffers>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A box from this thread's pool, or a new one.
+fn take() -> Box<Buffers> {
+    POOL.try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Recycles `b` into this thread's pool; when the pool is full (or the thread is ending) it is freed.
+fn give(mut b: Box<Buffers>) {
+    b.recycle();
+    let _ = POOL.try_with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX_PER_THREAD {
+            pool.push(b);
+        }
+    });
+}
+
+/// [`Buffers`] in one box, taken from the pool on the first write and given back by
+/// [`OnDemand::release`] or when the connection ends: an idle connection holds one empty pointer instead of
+/// seven buffer headers and a parsed head (catalog G1). Reading a released one sees empty buffers and takes
+/// nothing.
+#[derive(Default)]
+pub(super) struct OnDemand(Option<Box<Buffers>>);
+
+impl OnDemand {
+    /// Gives the box back once a response is done, unless the client already sent part of its next request
+    /// (pipelined bytes stay in `rbuf`, and only buffers that grew past [`POOLED_BUFFER_MAX`] are freed).
+    pub(super) fn release(&mut self) {
+        match self.0.take() {
+            Some(b) if b.rbuf.is_empty() => give(b),
+            Some(mut b) => {
+                for v in [&mut b.body, &mut b.send, &mut b.out] {
+                    if v.capacity() > POOLED_BUFFER_MAX {
+                        *v = Vec::new();
+                    }
+                }
+                self.0 = Some(b);
+            }
+            None => {}
+        }
+    }
+
+    /// Whether the connection holds a box (a request is being read or answered).
+    #[cfg(test)]
+    fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for OnDemand {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            give(b);
+        }
+    }
+}
+
+impl std::ops::Deref for OnDemand {
+    type Target = Buffers;
+    fn deref(&self) -> &Buffers {
+        static EMPTY: std::sync::OnceLock<Buffers> = std::sync::OnceLock::new();
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Buffers::default))
+    }
+}
+
+impl std::ops::DerefMut for OnDemand {
+    fn deref_mut(&mut self) -> &mut Buffers {
+        self.0.get_or_insert_with(take)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::head;
+
+    fn pool_len() -> usize {
+        POOL.with(|p| p.borrow().len())
+    }
+
+    /// A recycled box must not carry a previous request's bytes or head into another connection.
+    #[test]
+    fn g1_pooled_buffers_come_back_empty() {
+        let mut first = OnDemand::default();
+        first
+            .rbuf
+            .extend_from_slice(b"GET /secret HTTP/1.1\r\nHost: h\r\nMetadata: true\r\n\r\n");
+        let b = &mut *first;
+        b.head_buf.extend_from_slice(&b.rbuf);
+        b.rbuf.clear();
+        head::parse_into(&b.head_buf, &mut b.head).unwrap();
+        b.send.extend_from_slice(b"signed bytes");
+        b.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        b.out.extend_from_slice(b"response");
+        b.body.extend_from_slice(b"body");
+        first.release();
+        assert!(!first.is_held());
+
+        let mut second = OnDemand::default();
+        let b = &mut *second;
+        assert!(b.rbuf.is_empty() && b.ubuf.is_empty());
+        assert!(
+            b.head_buf.is_empty() && b.body.is_empty() && b.send.is_empty() && b.out.is_empty()
+        );
+        assert_eq!(b.head, RequestHead::default());
+    }
+
+    #[test]
+    fn g1_pipelined_bytes_keep_the_box_and_big_buffers_are_not_pooled() {
+        let mut conn = OnDemand::default();
+        conn.rbuf.extend_from_slice(b"GET / HTTP/1.1\r\n"); // the next request, already here
+        conn.out.reserve(POOLED_BUFFER_MAX * 4);
+        conn.release();
+        assert!(conn.is_held(), "pipelined bytes stay with their connection");
+        assert_eq!(&conn.rbuf[..], b"GET / HTTP/1.1\r\n");
+        assert!(conn.out.capacity() <= POOLED_BUFFER_MAX);
+
+        conn.rbuf.clear();
+        conn.ubuf.reserve(POOLED_BUFFER_MAX * 4);
+        conn.release();
+        assert!(!conn.is_held());
+        let mut next = OnDemand::default();
+        let pooled = &mut *next; // the box just given back: this thread's pool is a stack
+        assert!(pooled.ubuf.capacity() <= POOLED_BUFFER_MAX);
+    }
+
+    #[test]
+    fn g1_the_pool_is_bounded() {
+        let held: Vec<OnDemand> = (0..POOL_MAX_PER_THREAD + 10)
+            .map(|_| {
+                let mut d = OnDemand::default();
+                d.rbuf.reserve(16);
+                d
+            })
+            .collect();
+        drop(held);
+        assert_eq!(pool_len(), POOL_MAX_PER_THREAD);
+    }
+}
