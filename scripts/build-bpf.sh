@@ -34,7 +34,7 @@ fi
     -I/usr/include/x86_64-linux-gnu \
     -c redirect.bpf.c -o "$out"
 )
-# DWARF is not needed at run time; .BTF and .BTF.ext (maps, CO-RE relocations) stay.
+# DWARF is not needed at run time; .BTF (map and global types) and .BTF.ext stay.
 llvm-strip -g "$out"
 
 # Every struct asserted in shared.h has the same size in the object's BTF and in abi.rs.

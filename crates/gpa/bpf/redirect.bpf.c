@@ -22,7 +22,6 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include <bpf/bpf_core_read.h>
 
 #include "shared.h"
 
@@ -38,30 +37,20 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define NSEC_PER_USER_HZ (1000000000ULL / USER_HZ)
 #define SINGLE_SLOT 1 /* max_entries of maps that hold one value, at key 0 */
 
-/* ===== kernel types read with CO-RE (relocated against the running kernel's BTF at load) ===== */
-
-struct super_block___gpa {
-	__u32 s_dev;
-} __attribute__((preserve_access_index));
-
-struct inode___gpa {
-	unsigned long i_ino;
-	struct super_block___gpa *i_sb;
-} __attribute__((preserve_access_index));
-
-struct file___gpa {
-	struct inode___gpa *f_inode;
-} __attribute__((preserve_access_index));
-
-struct mm_struct___gpa {
-	struct file___gpa *exe_file;
-} __attribute__((preserve_access_index));
-
-struct task_struct___gpa {
-	struct task_struct___gpa *group_leader;
-	struct mm_struct___gpa *mm;
-	__u64 start_boottime;
-} __attribute__((preserve_access_index));
+/* ===== kernel fields read by offset =====
+ * Byte offsets of the eight kernel fields the record needs, in the running kernel. The agent finds them in
+ * /sys/kernel/btf/vmlinux and sets them before the load (gpa::redirect::linux::kernel_btf); .rodata is frozen, so
+ * the verifier sees constants. They replace CO-RE relocations, which aya resolves by scanning every type of the
+ * kernel BTF once per relocated type: ~13 ms of a cold start here (docs/DECISIONS.md, "Kernel field offsets
+ * from the agent"). A field the agent cannot find stops the load; these zeros are never used. */
+const volatile __u32 off_task_group_leader = 0; /* struct task_struct *task_struct.group_leader */
+const volatile __u32 off_task_mm = 0;           /* struct mm_struct *task_struct.mm */
+const volatile __u32 off_task_start_boottime = 0; /* u64 task_struct.start_boottime */
+const volatile __u32 off_mm_exe_file = 0;       /* struct file *mm_struct.exe_file */
+const volatile __u32 off_file_f_inode = 0;      /* struct inode *file.f_inode */
+const volatile __u32 off_inode_i_ino = 0;       /* unsigned long inode.i_ino */
+const volatile __u32 off_inode_i_sb = 0;        /* struct super_block *inode.i_sb */
+const volatile __u32 off_sb_s_dev = 0;          /* dev_t super_block.s_dev */
 
 /* ===== maps ===== */
 
@@ -161,29 +150,46 @@ static __always_inline int may_be_in_policy(const struct addr_port *addr)
 	return !bits || (*bits >> ((fold * FILTER_MULTIPLIER) >> FILTER_SHIFT)) & 1;
 }
 
-static __always_inline __u64 leader_start_boottime(struct task_struct___gpa *task)
+/* The 8-byte kernel field at `offset` in the object at `base`; 0 when unreadable (a null base included). */
+static __always_inline __u64 kernel_u64(__u64 base, __u32 offset)
 {
-	return BPF_CORE_READ(task, group_leader, start_boottime);
+	__u64 value = 0;
+
+	bpf_probe_read_kernel(&value, sizeof(value), (const void *)(base + offset));
+	return value;
+}
+
+/* The 4-byte kernel field at `offset` in the object at `base`; 0 when unreadable. */
+static __always_inline __u32 kernel_u32(__u64 base, __u32 offset)
+{
+	__u32 value = 0;
+
+	bpf_probe_read_kernel(&value, sizeof(value), (const void *)(base + offset));
+	return value;
+}
+
+static __always_inline __u64 leader_start_boottime(__u64 task)
+{
+	return kernel_u64(kernel_u64(task, off_task_group_leader), off_task_start_boottime);
 }
 
 /* The caller is the agent: its tgid is in `skip` with the same process start time (spec §7.2). */
 static __always_inline int caller_is_agent(__u32 tgid)
 {
 	__u64 *start_ticks = bpf_map_lookup_elem(&skip, &tgid);
-	struct task_struct___gpa *task;
 
 	if (!start_ticks)
 		return 0;
-	task = (struct task_struct___gpa *)bpf_get_current_task();
-	return leader_start_boottime(task) / NSEC_PER_USER_HZ == *start_ticks;
+	return leader_start_boottime(bpf_get_current_task()) / NSEC_PER_USER_HZ == *start_ticks;
 }
 
 /* Fill the record of the current task's connect() (spec §7.3). */
 static __always_inline void record_caller(struct conn_record *rec, void *ctx, __u64 pid_tgid,
 					  const struct addr_port *original_dst, const struct addr_port *listener)
 {
-	struct task_struct___gpa *task = (struct task_struct___gpa *)bpf_get_current_task();
-	struct inode___gpa *exe_inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	__u64 task = bpf_get_current_task();
+	__u64 exe_file = kernel_u64(kernel_u64(task, off_task_mm), off_mm_exe_file);
+	__u64 exe_inode = kernel_u64(exe_file, off_file_f_inode);
 	__u64 uid_gid = bpf_get_current_uid_gid();
 
 	rec->socket_cookie = bpf_get_socket_cookie(ctx);
@@ -193,8 +199,8 @@ static __always_inline void record_caller(struct conn_record *rec, void *ctx, __
 	rec->exe_ino = 0;
 	rec->exe_dev = 0;
 	if (exe_inode) {
-		rec->exe_ino = BPF_CORE_READ(exe_inode, i_ino);
-		rec->exe_dev = BPF_CORE_READ(exe_inode, i_sb, s_dev);
+		rec->exe_ino = kernel_u64(exe_inode, off_inode_i_ino);
+		rec->exe_dev = kernel_u32(kernel_u64(exe_inode, off_inode_i_sb), off_sb_s_dev);
 	}
 	rec->tgid = pid_tgid >> 32;
 	rec->tid = (__u32)pid_tgid;

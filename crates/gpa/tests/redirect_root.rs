@@ -63,7 +63,17 @@ fn root_redirects_ipv4_connect_and_records_the_caller() {
     assert_eq!((record.uid, record.gid), (0, 0));
     assert_eq!(record.original_dst, endpoint.addr);
     assert_eq!(record.client, accepted.peer);
-    assert!(record.instance.exe.is_some());
+    // The kernel fields behind the record, read at the offsets the agent found in the kernel's BTF, are the
+    // client's: its executable's inode and its start time (`/proc/<pid>/stat` field 22, in USER_HZ ticks).
+    let exe = std::fs::metadata(format!("/proc/{}/exe", client.pid)).unwrap();
+    assert_eq!(
+        record.instance.exe.map(|e| e.ino),
+        Some(std::os::unix::fs::MetadataExt::ino(&exe))
+    );
+    assert_eq!(
+        record.instance.start_boottime_ns / NS_PER_USER_HZ_TICK,
+        start_ticks(client.pid)
+    );
     assert!(!record.comm.is_empty());
     // Taken means gone.
     assert!(redirector.take(accepted.peer).is_none());
@@ -139,6 +149,21 @@ fn netns_case(
 }
 
 const IMDS: &str = "169.254.169.254:80";
+
+/// Nanoseconds per `USER_HZ` tick (100 Hz on every Linux architecture the agent runs on).
+const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in ticks after boot.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+    after_comm
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
 
 /// `take` as an agent inside `pid`'s network namespace would run it (on a thread of its own that enters it).
 fn take_in_netns_of(redirector: &Redirector, pid: u32, peer: SocketAddr) -> Option<ConnRecord> {

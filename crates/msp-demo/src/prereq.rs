@@ -15,7 +15,7 @@ use gpa::redirect::{
 
 use crate::cgroup::ChildCgroup;
 
-/// Kernel BTF, needed by the redirector's CO-RE relocations.
+/// Kernel BTF, where the redirector finds the kernel fields its record reads.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Something the machine lacks, with the way to get it in its message.

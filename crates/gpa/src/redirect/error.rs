@@ -15,7 +15,8 @@ pub enum KernelFeature {
     CgroupBpf,
     /// BPF links for cgroups (kernel ≥ 5.7), needed to coexist with other programs and to pin.
     CgroupBpfLinks,
-    /// Kernel BTF at `/sys/kernel/btf/vmlinux` (`CONFIG_DEBUG_INFO_BTF`), needed for CO-RE.
+    /// Kernel BTF at `/sys/kernel/btf/vmlinux` (`CONFIG_DEBUG_INFO_BTF`): where the kernel keeps the fields the record
+    /// reads.
     KernelBtf,
     /// The bpf filesystem (`/sys/fs/bpf`), needed by `redirectFailMode: closed`.
     Bpffs,
@@ -89,6 +90,11 @@ pub enum RedirectError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("the kernel's BTF does not show a field the redirector reads")]
+    KernelFields {
+        #[source]
+        source: Cause,
     },
     #[error("the eBPF object does not load")]
     Load {

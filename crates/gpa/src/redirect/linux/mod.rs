@@ -4,6 +4,7 @@
 //! or before anything else is touched (adoption of a previous agent's pins). This module must never attach a
 //! second copy of the programs to a cgroup that already has this agent's pinned copy.
 mod cgroup;
+mod kernel_btf;
 mod maps;
 mod object;
 mod pins;
@@ -32,7 +33,7 @@ use crate::redirect::{
     RedirectConfig, RedirectError, RedirectFailMode, RedirectStatus,
 };
 
-/// Kernel BTF, needed to relocate the program's reads of `task_struct` (CO-RE).
+/// Kernel BTF: where the running kernel keeps the fields the record reads ([`kernel_btf`]).
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The cgroup the hooks attach to when `cgroupRoot` is unset: the cgroup2 mount named in `/proc/self/mountinfo`,
@@ -392,8 +393,12 @@ fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, Redire
         fingerprint,
         own,
     } = *load;
+    let offsets = kernel_btf::offsets(KERNEL_BTF)?;
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+    for (global, offset) in offsets.globals() {
+        loader.override_global(global, offset, true);
+    }
     if let Some(pins) = pins {
         for name in map_name::ALL {
             loader.map_pin_path(name, pins.map(name));
