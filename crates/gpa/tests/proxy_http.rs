@@ -631,3 +631,46 @@ async fn conf_001_ipv6_loopback_listener_only_with_an_ipv6_endpoint() {
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()))
     );
 }
+
+/// Catalog G1's buffer pool hands a finished connection's box to the next one. On a current-thread runtime every
+/// connection shares one pool, so the second connection reuses what the first one's chunked body, pipelined
+/// request and unfinished third head filled: none of it may reach the second request's upstream or its answer.
+#[tokio::test(flavor = "current_thread")]
+async fn g1_a_pooled_box_carries_nothing_from_one_connection_to_the_next() {
+    let t = TestAgent::start(Options::default()).await;
+    t.ready().await;
+    let h = t.imds();
+    let mut a = t.connect(h, Who::Root).await;
+    let mut pipelined = format!(
+        "POST /metadata/a1 HTTP/1.1\r\nHost: {h}\r\nMetadata: true\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nsecre\r\n4\r\nt-a1\r\n0\r\n\r\n"
+    );
+    pipelined.push_str(&format!(
+        "POST /metadata/a2 HTTP/1.1\r\nHost: {h}\r\nMetadata: true\r\nContent-Length: 9\r\n\r\nsecret-a2"
+    ));
+    pipelined.push_str(&format!(
+        "GET /metadata/a3 HTTP/1.1\r\nHost: {h}\r\nX-Unfinished: secret-a3"
+    ));
+    tokio::io::AsyncWriteExt::write_all(&mut a, pipelined.as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = read_response(&mut a).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{}", r.head);
+    }
+    drop(a);
+    let before = t.recorder.recorded().len();
+    assert_eq!(t.recorder.recorded()[before - 2].body, b"secret-a1");
+    assert_eq!(t.recorder.recorded()[before - 1].body, b"secret-a2");
+
+    let r = t.send(h, Who::Root, &get("/metadata/b", h)).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{}", r.head);
+    assert!(!text(&r.raw).contains("secret"), "{}", text(&r.raw));
+    let recorded = t.recorder.recorded();
+    assert_eq!(recorded.len(), before + 1, "one request upstream for B");
+    let b = &recorded[before];
+    assert!(b.head_text().starts_with("GET /metadata/b HTTP/1.1\r\n"));
+    assert!(b.raw_body.is_empty());
+    assert!(!b.head_text().contains("secret"), "{}", b.head_text());
+    t.stop().await;
+}

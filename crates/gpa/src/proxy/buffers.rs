@@ -42,21 +42,17 @@ impl Buffers {
     fn recycle(&mut self) {
         for b in [&mut self.rbuf, &mut self.ubuf] {
             b.clear();
-            if b.capacity() > POOLED_BUFFER_MAX {
+            // `capacity()` counts only the room after the read position, which `clear` leaves where the last
+            // `advance` put it: on an emptied buffer `try_reclaim` rewinds to the start, and succeeds only when
+            // the whole allocation is larger than the limit.
+            if b.try_reclaim(POOLED_BUFFER_MAX + 1) {
                 *b = BytesMut::new();
             }
         }
-        for v in [
-            &mut self.head_buf,
-            &mut self.body,
-            &mut self.send,
-            &mut self.out,
-        ] {
+        for v in self.byte_vectors() {
             v.clear();
-            if v.capacity() > POOLED_BUFFER_MAX {
-                *v = Vec::new();
-            }
         }
+        self.trim_vectors();
         let mut fields = std::mem::take(&mut self.head.fields);
         let mut names = std::mem::take(&mut self.head.connection_names);
         fields.clear();
@@ -66,6 +62,24 @@ impl Buffers {
             connection_names: names,
             ..RequestHead::default()
         };
+    }
+
+    fn byte_vectors(&mut self) -> [&mut Vec<u8>; 4] {
+        [
+            &mut self.head_buf,
+            &mut self.body,
+            &mut self.send,
+            &mut self.out,
+        ]
+    }
+
+    /// Frees the byte vectors that grew past [`POOLED_BUFFER_MAX`]; the others keep their bytes.
+    fn trim_vectors(&mut self) {
+        for v in self.byte_vectors() {
+            if v.capacity() > POOLED_BUFFER_MAX {
+                *v = Vec::new();
+            }
+        }
     }
 }
 
@@ -85,10 +99,10 @@ fn take() -> Box<Buffers> {
 
 /// Recycles `b` into this thread's pool; when the pool is full (or the thread is ending) it is freed.
 fn give(mut b: Box<Buffers>) {
-    b.recycle();
     let _ = POOL.try_with(|p| {
         let mut pool = p.borrow_mut();
         if pool.len() < POOL_MAX_PER_THREAD {
+            b.recycle();
             pool.push(b);
         }
     });
@@ -108,11 +122,8 @@ impl OnDemand {
         match self.0.take() {
             Some(b) if b.rbuf.is_empty() => give(b),
             Some(mut b) => {
-                for v in [&mut b.body, &mut b.send, &mut b.out] {
-                    if v.capacity() > POOLED_BUFFER_MAX {
-                        *v = Vec::new();
-                    }
-                }
+                // The finished request's head and body are parsed again or overwritten before any use.
+                b.trim_vectors();
                 self.0 = Some(b);
             }
             None => {}
@@ -152,6 +163,8 @@ impl std::ops::DerefMut for OnDemand {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Buf;
+
     use super::*;
     use crate::proxy::head;
 
@@ -174,11 +187,16 @@ mod tests {
         b.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         b.out.extend_from_slice(b"response");
         b.body.extend_from_slice(b"body");
+        let given: *const Buffers = &*first;
         first.release();
         assert!(!first.is_held());
 
         let mut second = OnDemand::default();
         let b = &mut *second;
+        assert!(
+            std::ptr::eq(given, b),
+            "the same box comes back: this thread's pool is a stack"
+        );
         assert!(b.rbuf.is_empty() && b.ubuf.is_empty());
         assert!(
             b.head_buf.is_empty() && b.body.is_empty() && b.send.is_empty() && b.out.is_empty()
@@ -203,6 +221,27 @@ mod tests {
         let mut next = OnDemand::default();
         let pooled = &mut *next; // the box just given back: this thread's pool is a stack
         assert!(pooled.ubuf.capacity() <= POOLED_BUFFER_MAX);
+    }
+
+    /// A buffer advanced past a large head reports only the room after its read position: the pool must still
+    /// see the whole allocation.
+    #[test]
+    fn g1_a_large_buffer_advanced_past_its_bytes_is_not_pooled() {
+        let mut conn = OnDemand::default();
+        conn.rbuf
+            .extend_from_slice(&vec![b'x'; POOLED_BUFFER_MAX * 4]);
+        conn.rbuf.advance(POOLED_BUFFER_MAX * 4 - 1);
+        conn.ubuf
+            .extend_from_slice(&vec![b'y'; POOLED_BUFFER_MAX * 4]);
+        conn.ubuf.advance(POOLED_BUFFER_MAX * 4);
+        conn.rbuf.clear();
+        conn.release();
+        assert!(!conn.is_held());
+        let mut next = OnDemand::default();
+        let pooled = &mut *next;
+        assert!(pooled.rbuf.try_reclaim(1) || pooled.rbuf.capacity() == 0);
+        assert!(!pooled.rbuf.try_reclaim(POOLED_BUFFER_MAX + 1));
+        assert!(!pooled.ubuf.try_reclaim(POOLED_BUFFER_MAX + 1));
     }
 
     #[test]

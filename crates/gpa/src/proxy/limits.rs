@@ -30,11 +30,12 @@ pub const MAX_INTERIM_RESPONSES: usize = 8;
 /// Initial per-connection buffer, in bytes; it grows to the head and body limits only when a request needs it.
 pub const INITIAL_BUFFER: usize = 4 * 1024;
 /// Request-buffer boxes pooled per runtime thread (catalog G1): requests in flight beyond it allocate their own,
-/// freed afterwards.
+/// freed afterwards. With [`POOLED_BUFFER_MAX`], a thread's pool holds at most 64 × 6 × 8 KiB = 3 MiB, however
+/// large the requests were; a pooled box after an ordinary metadata request holds ~10 KiB.
 pub const POOL_MAX_PER_THREAD: usize = 64;
 /// Capacity, in bytes, above which a request buffer is freed instead of pooled, so a 64 KiB request does not pin
 /// 64 KiB (catalog G1); the next request that needs it grows it again.
-pub const POOLED_BUFFER_MAX: usize = 16 * 1024;
+pub const POOLED_BUFFER_MAX: usize = 8 * 1024;
 /// After an agent-generated response the proxy reads and discards at most this many bytes, for at most
 /// [`LINGER_TIMEOUT`], before closing, so the client reads the response instead of a reset.
 pub const LINGER_BYTES: usize = 256 * 1024;
