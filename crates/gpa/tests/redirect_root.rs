@@ -150,6 +150,26 @@ fn netns_case(
 
 const IMDS: &str = "169.254.169.254:80";
 
+/// A TCP connection to `to` (IPv4) from a port that `bind` picked, so that no other socket shares it.
+fn connect_from_an_unshared_port(to: SocketAddr) -> std::net::TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to) = to else {
+        panic!("an IPv4 listener")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let any_port = std::net::SocketAddrV4::new(*to.ip(), 0);
+    bind(fd.as_raw_fd(), &SockaddrIn::from(any_port)).unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    std::net::TcpStream::from(fd)
+}
+
 /// Nanoseconds per `USER_HZ` tick (100 Hz on every Linux architecture the agent runs on).
 const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 
@@ -381,8 +401,10 @@ fn conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconn
     let proxy = Proxy::bind();
     let redirector = start_redirector(&cgroup, &proxy, &[endpoint.addr]);
 
-    // X connects straight to the listener and resets before the agent accepts; its address is free again.
-    let x = std::net::TcpStream::connect(proxy.addr).unwrap();
+    // X connects straight to the listener and resets before the agent accepts; its address is free again. X binds
+    // its port before connecting: a port `connect` picks may be shared with other hosts' TIME_WAIT sockets (many,
+    // right after a bench), which would refuse Y's bind below.
+    let x = connect_from_an_unshared_port(proxy.addr);
     let shared = x.local_addr().unwrap();
     let abort = libc::linger {
         l_onoff: 1,
@@ -397,7 +419,8 @@ fn conf_070_root_a_reset_connection_whose_address_a_new_client_took_reads_unconn
         &[("GPA_TEST_BIND", shared.to_string().as_str())],
     )
     .run();
-    assert_eq!(y.report()["local"], shared.to_string());
+    let report = y.report();
+    assert_eq!(report.get("local"), Some(&shared.to_string()), "{report:?}");
 
     // The agent accepts X's connection first. By address alone the kernel finds Y's socket, so the proxy checks
     // its own end: X's is no longer connected, and the proxy answers it 421 (proxy/conn.rs).
