@@ -188,19 +188,26 @@ static __always_inline void record_caller(struct conn_record *rec, void *ctx, __
 					  const struct addr_port *original_dst, const struct addr_port *listener)
 {
 	__u64 task = bpf_get_current_task();
-	__u64 exe_file = kernel_u64(kernel_u64(task, off_task_mm), off_mm_exe_file);
-	__u64 exe_inode = kernel_u64(exe_file, off_file_f_inode);
+	__u64 mm = kernel_u64(task, off_task_mm);
 	__u64 uid_gid = bpf_get_current_uid_gid();
 
 	rec->socket_cookie = bpf_get_socket_cookie(ctx);
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	rec->connect_ktime_ns = bpf_ktime_get_ns();
 	rec->start_boottime_ns = leader_start_boottime(task);
-	rec->exe_ino = 0;
+	rec->exe_ino = 0; /* no mm: a kernel thread, nothing to compare */
 	rec->exe_dev = 0;
-	if (exe_inode) {
+	if (mm) {
+		__u64 exe_inode = kernel_u64(kernel_u64(mm, off_mm_exe_file), off_file_f_inode);
+		__u64 sb = kernel_u64(exe_inode, off_inode_i_sb);
+
 		rec->exe_ino = kernel_u64(exe_inode, off_inode_i_ino);
-		rec->exe_dev = kernel_u32(kernel_u64(exe_inode, off_inode_i_sb), off_sb_s_dev);
+		rec->exe_dev = kernel_u32(sb, off_sb_s_dev);
+		/* A user task always has an executable: a read that failed must not pass as "nothing recorded". */
+		if (!exe_inode || !sb || !rec->exe_ino) {
+			rec->exe_ino = EXE_UNREADABLE_INO;
+			rec->exe_dev = EXE_UNREADABLE_DEV;
+		}
 	}
 	rec->tgid = pid_tgid >> 32;
 	rec->tid = (__u32)pid_tgid;

@@ -20,6 +20,10 @@
 
 #define COMM_LEN 16 /* TASK_COMM_LEN */
 #define USER_HZ 100 /* clock ticks of /proc/<pid>/stat field 22 (x86_64, arm64) */
+/* exe_ino and exe_dev of a task that has an mm whose executable could not be read: no file has this identity, so
+ * the agent finds the caller stale (fail closed, catalog C3) instead of having nothing to compare. */
+#define EXE_UNREADABLE_INO 0xffffffffffffffffULL
+#define EXE_UNREADABLE_DEV 0xffffffffu
 
 /* Indices of the per-CPU `counters` array. */
 enum counter {
@@ -68,7 +72,7 @@ struct conn_record {
 	__u64 cgroup_id;         /* cgroup v2 id of the calling task */
 	__u64 connect_ktime_ns;  /* bpf_ktime_get_ns() at connect() (CLOCK_MONOTONIC) */
 	__u64 start_boottime_ns; /* thread-group leader's start_boottime: the process-instance value of spec §6 */
-	__u64 exe_ino;           /* inode number of the task's mm->exe_file, 0 when unknown */
+	__u64 exe_ino;           /* inode number of the task's mm->exe_file; 0: no mm; EXE_UNREADABLE_INO */
 	__u32 exe_dev;           /* s_dev of that inode's super block, kernel encoding (major << 20 | minor) */
 	__u32 tgid;              /* process id */
 	__u32 tid;               /* thread id */

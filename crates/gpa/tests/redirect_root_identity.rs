@@ -378,3 +378,63 @@ fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims()
     drop(client);
     setup.redirector.stop().unwrap();
 }
+
+/// Catalog C3: a user task whose executable the kernel could not read at `connect()` is recorded with an identity
+/// no file has (`EXE_UNREADABLE_*`, redirect.bpf.c). Its caller reads as stale, never as "nothing recorded to
+/// compare", which would skip the exec-after-connect check. Needs no root: the caller is this live process.
+#[test]
+fn c3_an_executable_the_kernel_could_not_read_makes_the_caller_stale() {
+    use gpa::redirect::abi::{EXE_UNREADABLE_DEV, EXE_UNREADABLE_INO, USER_HZ};
+    use gpa::redirect::{ExeId, ProcessInstance};
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start_ticks: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let record = ConnRecord {
+        tgid: pid,
+        tid: pid,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        comm: "test".into(),
+        cgroup_id: 0,
+        socket_cookie: 1,
+        original_dst: "169.254.169.254:80".parse().unwrap(),
+        client,
+        connect_ktime_ns: 0,
+        instance: ProcessInstance {
+            start_boottime_ns: start_ticks * (1_000_000_000 / USER_HZ),
+            // As the redirector reads the kernel's record (major << 20 | minor).
+            exe: Some(ExeId {
+                dev_major: EXE_UNREADABLE_DEV >> 20,
+                dev_minor: EXE_UNREADABLE_DEV & 0xf_ffff,
+                ino: EXE_UNREADABLE_INO,
+            }),
+        },
+    };
+    let resolver = IdentityResolver::new();
+    let reason = stale_reason(resolver.claims(&record, client));
+    assert!(
+        matches!(reason, StaleReason::ExecutableChanged),
+        "{reason:?}"
+    );
+    // The same record with this process's real executable is attributed: only the unreadable identity is stale.
+    let exe = std::fs::metadata("/proc/self/exe").unwrap();
+    let dev = std::os::unix::fs::MetadataExt::dev(&exe);
+    let real = ConnRecord {
+        instance: ProcessInstance {
+            exe: Some(ExeId {
+                dev_major: nix::sys::stat::major(dev) as u32,
+                dev_minor: nix::sys::stat::minor(dev) as u32,
+                ino: std::os::unix::fs::MetadataExt::ino(&exe),
+            }),
+            ..record.instance
+        },
+        ..record
+    };
+    assert!(resolver.claims(&real, client).is_ok());
+}

@@ -30,6 +30,10 @@ pub const FILTER_SHIFT: u32 = 26;
 pub const COMM_LEN: usize = 16;
 /// `USER_HZ`: clock ticks per second of `/proc/<pid>/stat` field 22, which the skip map stores.
 pub const USER_HZ: u64 = 100;
+/// `EXE_UNREADABLE_INO` / `EXE_UNREADABLE_DEV`: a task with an `mm` whose executable could not be read. No file has
+/// this identity, so the caller reads as stale (catalog C3) rather than as "nothing recorded".
+pub const EXE_UNREADABLE_INO: u64 = u64::MAX;
+pub const EXE_UNREADABLE_DEV: u32 = u32::MAX;
 
 /// `enum record_state`: a record waiting for the agent.
 pub const RECORD_PENDING: u32 = 1;

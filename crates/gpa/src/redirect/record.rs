@@ -34,7 +34,8 @@ pub struct ConnRecord {
 pub struct ProcessInstance {
     /// The thread-group leader's `start_boottime` in nanoseconds; `/proc/<pid>/stat` field 22 shows it in ticks.
     pub start_boottime_ns: u64,
-    /// The executable at `connect()`; `None` when the kernel could not say (no `mm`).
+    /// The executable at `connect()`; `None` for a task without an `mm` (a kernel thread). A user task whose
+    /// executable the kernel could not read carries an identity no file has, so its caller reads as stale.
     pub exe: Option<ExeId>,
 }
 

@@ -5,7 +5,7 @@
 //! This replaces CO-RE relocation of those reads. aya resolves each relocated type by scanning every type of the
 //! kernel BTF (~127,000 here) with string compares, once per type: ~13 ms of a cold start's ~43 ms of CPU here. One pass
 //! over the type section here finds all five structs (docs/DECISIONS.md, "Kernel field offsets from the agent").
-//! This module must never guess: a field that is missing, a bitfield, of another size than the program reads, or
+//! This module must never guess: a field that is missing, a bitfield, of another kind or size than the program reads, or
 //! at two different offsets in two definitions of its struct stops the load, with the field named.
 use std::sync::OnceLock;
 
@@ -17,39 +17,52 @@ struct Field {
     global: &'static str,
     strukt: &'static str,
     member: &'static str,
-    /// Bytes the program reads: a pointer or a `u64` is 8, `dev_t` is 4.
-    size: u32,
+    shape: Shape,
+}
+
+/// What the program reads a field as, once typedefs and qualifiers are followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// A pointer (8 bytes on the 64-bit kernels the agent runs on).
+    Pointer,
+    /// An integer or enum of this many bytes.
+    Integer(u32),
 }
 
 const fn field(
     global: &'static str,
     strukt: &'static str,
     member: &'static str,
-    size: u32,
+    shape: Shape,
 ) -> Field {
     Field {
         global,
         strukt,
         member,
-        size,
+        shape,
     }
 }
 
 /// The fields, as `redirect.bpf.c` declares them (`off_*`).
 const FIELDS: [Field; 8] = [
-    field("off_task_group_leader", "task_struct", "group_leader", 8),
-    field("off_task_mm", "task_struct", "mm", 8),
+    field(
+        "off_task_group_leader",
+        "task_struct",
+        "group_leader",
+        Shape::Pointer,
+    ),
+    field("off_task_mm", "task_struct", "mm", Shape::Pointer),
     field(
         "off_task_start_boottime",
         "task_struct",
         "start_boottime",
-        8,
+        Shape::Integer(8),
     ),
-    field("off_mm_exe_file", "mm_struct", "exe_file", 8),
-    field("off_file_f_inode", "file", "f_inode", 8),
-    field("off_inode_i_ino", "inode", "i_ino", 8),
-    field("off_inode_i_sb", "inode", "i_sb", 8),
-    field("off_sb_s_dev", "super_block", "s_dev", 4),
+    field("off_mm_exe_file", "mm_struct", "exe_file", Shape::Pointer),
+    field("off_file_f_inode", "file", "f_inode", Shape::Pointer),
+    field("off_inode_i_ino", "inode", "i_ino", Shape::Integer(8)),
+    field("off_inode_i_sb", "inode", "i_sb", Shape::Pointer),
+    field("off_sb_s_dev", "super_block", "s_dev", Shape::Integer(4)),
 ];
 
 /// Why the kernel BTF does not give a field's offset.
@@ -59,6 +72,8 @@ pub(super) enum KernelBtfError {
     BadMagic,
     #[error("malformed BTF at byte {at}")]
     Malformed { at: usize },
+    #[error("BTF version {version} is unknown to this agent")]
+    UnknownVersion { version: u8 },
     #[error("BTF type kind {kind} is unknown to this agent")]
     UnknownKind { kind: u32 },
     #[error("struct {strukt} is not in the kernel BTF")]
@@ -73,12 +88,12 @@ pub(super) enum KernelBtfError {
         strukt: &'static str,
         member: &'static str,
     },
-    #[error("{strukt}.{member} has {found:?} bytes; the program reads {expected}")]
-    WrongSize {
+    #[error("{strukt}.{member} is {found:?}; the program reads {expected:?}")]
+    WrongShape {
         strukt: &'static str,
         member: &'static str,
-        found: Option<u32>,
-        expected: u32,
+        found: Option<Shape>,
+        expected: Shape,
     },
     #[error("{strukt}.{member} is at different offsets in two definitions of {strukt}")]
     Ambiguous {
@@ -142,14 +157,17 @@ const HEADER_LEN: usize = 24;
 const TYPE_LEN: usize = 12;
 /// `struct btf_member`: name_off, type, offset.
 const MEMBER_LEN: usize = 12;
+/// The BTF format version this parser reads.
+const VERSION: u8 = 1;
 /// Anonymous structs and unions nested deeper than this are not searched (the kernel nests two or three).
 const MAX_ANON_DEPTH: u32 = 8;
+/// Members looked at while searching one field, anonymous ones included: malformed BTF whose anonymous members
+/// refer back to their struct ends here instead of in an exponential search (a real search looks at hundreds).
+const MAX_MEMBERS_SEARCHED: u32 = 100_000;
 /// Typedefs and qualifiers followed to a sized type before giving up (a loop in malformed BTF ends here).
 const MAX_MODIFIERS: u32 = 16;
 /// Bytes per type in a kernel's type section, roughly (5.5 MB for 127,000 types): sizes the start table once.
 const AVERAGE_TYPE_LEN: usize = 40;
-/// Bytes of a kernel pointer (the programs and the agent run on a 64-bit kernel).
-const POINTER_SIZE: u32 = 8;
 
 /// BTF kinds (`BTF_KIND_*`).
 mod kind {
@@ -264,6 +282,10 @@ impl<'a> Btf<'a> {
         if magic != Some(MAGIC) {
             return Err(KernelBtfError::BadMagic);
         }
+        let version = data.get(2).copied().unwrap_or_default();
+        if version != VERSION {
+            return Err(KernelBtfError::UnknownVersion { version });
+        }
         let header = u32_at(data, 4)? as usize;
         if header < HEADER_LEN {
             return Err(KernelBtfError::Malformed { at: 4 });
@@ -277,6 +299,7 @@ impl<'a> Btf<'a> {
             structs: Vec::new(),
         };
         let mut wanted: Vec<&'static str> = FIELDS.iter().map(|f| f.strukt).collect();
+        wanted.sort_unstable();
         wanted.dedup();
         btf.structs = wanted.iter().map(|&s| (s, Vec::new())).collect();
         // ~127,000 types in a distribution kernel: only `info` is read for most of them.
@@ -334,7 +357,8 @@ impl<'a> Btf<'a> {
             .ok_or(KernelBtfError::Malformed { at: off as usize })
     }
 
-    /// The byte offset of `f` in its struct; every definition of the struct must agree.
+    /// The byte offset of `f` in its struct: every definition of the struct that has the member must agree, and
+    /// at least one must have it (a definition without it is another struct of the same name).
     fn field_offset(&self, f: &Field) -> Result<u32, KernelBtfError> {
         let ids = self
             .structs
@@ -342,27 +366,28 @@ impl<'a> Btf<'a> {
             .find(|(s, _)| *s == f.strukt)
             .map(|(_, ids)| ids.as_slice())
             .unwrap_or_default();
+        if ids.is_empty() {
+            return Err(KernelBtfError::NoStruct { strukt: f.strukt });
+        }
         let mut found = None;
         for &id in ids {
-            let member =
-                self.member(id, f.member.as_bytes(), 0)?
-                    .ok_or(KernelBtfError::NoField {
-                        strukt: f.strukt,
-                        member: f.member,
-                    })?;
+            let mut budget = MAX_MEMBERS_SEARCHED;
+            let Some(member) = self.member(id, f.member.as_bytes(), 0, &mut budget)? else {
+                continue;
+            };
             if member.bitfield || member.bits % 8 != 0 {
                 return Err(KernelBtfError::NotByteAligned {
                     strukt: f.strukt,
                     member: f.member,
                 });
             }
-            let size = self.size_of(member.type_id)?;
-            if size != Some(f.size) {
-                return Err(KernelBtfError::WrongSize {
+            let shape = self.shape_of(member.type_id)?;
+            if shape != Some(f.shape) {
+                return Err(KernelBtfError::WrongShape {
                     strukt: f.strukt,
                     member: f.member,
-                    found: size,
-                    expected: f.size,
+                    found: shape,
+                    expected: f.shape,
                 });
             }
             let offset = member.bits / 8;
@@ -374,17 +399,29 @@ impl<'a> Btf<'a> {
             }
             found = Some(offset);
         }
-        found.ok_or(KernelBtfError::NoStruct { strukt: f.strukt })
+        found.ok_or(KernelBtfError::NoField {
+            strukt: f.strukt,
+            member: f.member,
+        })
     }
 
     /// The member `name` of struct or union `id`, looking into anonymous members.
-    fn member(&self, id: u32, name: &[u8], depth: u32) -> Result<Option<Member>, KernelBtfError> {
-        let ty = self.type_by_id(id)?;
+    fn member(
+        &self,
+        id: u32,
+        name: &[u8],
+        depth: u32,
+        budget: &mut u32,
+    ) -> Result<Option<Member>, KernelBtfError> {
+        let ty = self.type_by_id(self.skip_modifiers(id)?)?;
         if ty.kind != kind::STRUCT && ty.kind != kind::UNION {
             return Ok(None);
         }
         for i in 0..ty.vlen {
             let at = ty.at + TYPE_LEN + i * MEMBER_LEN;
+            *budget = budget
+                .checked_sub(1)
+                .ok_or(KernelBtfError::Malformed { at })?;
             let member_name = u32_at(self.types, at)?;
             let member_type = u32_at(self.types, at + 4)?;
             let raw_offset = u32_at(self.types, at + 8)?;
@@ -396,7 +433,7 @@ impl<'a> Btf<'a> {
             };
             if member_name == 0 {
                 if depth < MAX_ANON_DEPTH
-                    && let Some(inner) = self.member(member_type, name, depth + 1)?
+                    && let Some(inner) = self.member(member_type, name, depth + 1, budget)?
                 {
                     let bits = bits
                         .checked_add(inner.bits)
@@ -414,22 +451,35 @@ impl<'a> Btf<'a> {
         Ok(None)
     }
 
-    /// Bytes of type `id` once typedefs and qualifiers are followed; `None` for a type without a plain size.
-    fn size_of(&self, mut id: u32) -> Result<Option<u32>, KernelBtfError> {
+    /// `id` once typedefs and qualifiers are followed; a loop in malformed BTF ends as `void` (id 0).
+    fn skip_modifiers(&self, mut id: u32) -> Result<u32, KernelBtfError> {
         for _ in 0..MAX_MODIFIERS {
+            if id == 0 {
+                return Ok(0);
+            }
             let ty = self.type_by_id(id)?;
             match ty.kind {
-                kind::PTR => return Ok(Some(POINTER_SIZE)),
-                kind::INT | kind::ENUM | kind::ENUM64 | kind::STRUCT | kind::UNION => {
-                    return Ok(Some(ty.size_or_type));
-                }
                 kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
                     id = ty.size_or_type;
                 }
-                _ => return Ok(None),
+                _ => return Ok(id),
             }
         }
-        Ok(None)
+        Ok(0)
+    }
+
+    /// What type `id` is read as; `None` for anything but a pointer, an integer or an enum (and for `void`).
+    fn shape_of(&self, id: u32) -> Result<Option<Shape>, KernelBtfError> {
+        let id = self.skip_modifiers(id)?;
+        if id == 0 {
+            return Ok(None);
+        }
+        let ty = self.type_by_id(id)?;
+        Ok(match ty.kind {
+            kind::PTR => Some(Shape::Pointer),
+            kind::INT | kind::ENUM | kind::ENUM64 => Some(Shape::Integer(ty.size_or_type)),
+            _ => None,
+        })
     }
 }
 

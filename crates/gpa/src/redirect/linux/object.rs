@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::redirect::{ObjectProblem, RedirectError};
 
 /// The object built by `scripts/build-bpf.sh`, aligned for ELF parsing.
-static EMBEDDED: &[u8] = aya::include_bytes_aligned!("../../../bpf/redirect.bpf.o");
+pub(super) static EMBEDDED: &[u8] = aya::include_bytes_aligned!("../../../bpf/redirect.bpf.o");
 
 /// Group- and other-write permission bits.
 const GROUP_OTHER_WRITE: u32 = 0o022;

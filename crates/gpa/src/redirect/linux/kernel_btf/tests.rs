@@ -195,27 +195,68 @@ fn a_missing_struct_or_field_is_named() {
 }
 
 #[test]
-fn a_field_of_another_size_is_refused() {
+fn a_field_of_another_kind_or_size_is_refused() {
     let mut k = Kernel::new();
     k.super_block[1].1 = U64;
     assert_eq!(
         find(&k.blob()),
-        Err(KernelBtfError::WrongSize {
+        Err(KernelBtfError::WrongShape {
             strukt: "super_block",
             member: "s_dev",
-            found: Some(8),
-            expected: 4
+            found: Some(Shape::Integer(8)),
+            expected: Shape::Integer(4)
         })
     );
+    // A u64 where the program follows a pointer, and a struct where it reads one.
+    for (ty, found) in [(U64, Some(Shape::Integer(8))), (ANON, None)] {
+        let mut k = Kernel::new();
+        k.task_struct[0].1 = ty;
+        assert_eq!(
+            find(&k.blob()),
+            Err(KernelBtfError::WrongShape {
+                strukt: "task_struct",
+                member: "mm",
+                found,
+                expected: Shape::Pointer
+            })
+        );
+    }
+}
+
+#[test]
+fn a_definition_without_the_field_is_another_struct_of_that_name() {
     let mut k = Kernel::new();
-    k.task_struct[0].1 = ANON; // a struct where the program reads a pointer
+    k.extra_super_block = Some(vec![("s_flags", U32, 0, 0)]);
+    assert_eq!(find(&k.blob()).unwrap().0[7], 16);
+}
+
+#[test]
+fn an_anonymous_member_behind_a_typedef_is_searched() {
+    let mut b = Builder::new();
+    let ptr = b.raw("", kind::PTR, 0, false, 0);
+    let anon = b.strukt("", 16, &[("exe_file", ptr, 64, 0)]);
+    let alias = b.raw("mm_anon_t", kind::TYPEDEF, 0, false, anon);
+    let mm = b.strukt("mm_struct", 64, &[("", alias, 128, 0)]);
+    let blob = b.build();
+    let btf = Btf::parse(&blob).unwrap();
+    let mut budget = MAX_MEMBERS_SEARCHED;
+    let member = btf
+        .member(mm, b"exe_file", 0, &mut budget)
+        .unwrap()
+        .unwrap();
+    assert_eq!((member.bits, member.type_id), (192, ptr));
+}
+
+#[test]
+fn anonymous_members_that_refer_back_end_the_search() {
+    // A struct of 64 anonymous members, each of them the struct itself: 64^8 paths without a budget.
+    let mut b = Builder::new();
+    let id = b.next_id;
+    let members: Vec<M<'_>> = (0..64).map(|_| ("", id, 0, 0)).collect();
+    assert_eq!(b.strukt("task_struct", 8, &members), id);
     assert!(matches!(
-        find(&k.blob()),
-        Err(KernelBtfError::WrongSize {
-            member: "mm",
-            found: Some(16),
-            ..
-        })
+        find(&b.build()),
+        Err(KernelBtfError::Malformed { .. })
     ));
 }
 
@@ -276,14 +317,44 @@ fn malformed_blobs_are_errors() {
 }
 
 #[test]
-fn a_typedef_loop_is_not_a_size() {
+fn a_typedef_loop_has_no_shape() {
     let mut b = Builder::new();
     // 1 -> 2 -> 1
     b.raw("a", kind::TYPEDEF, 0, false, 2);
     b.raw("b", kind::TYPEDEF, 0, false, 1);
     let btf_blob = b.build();
     let btf = Btf::parse(&btf_blob).unwrap();
-    assert_eq!(btf.size_of(1), Ok(None));
+    assert_eq!(btf.shape_of(1), Ok(None));
+}
+
+#[test]
+fn another_btf_version_is_refused() {
+    let mut blob = Kernel::new().blob();
+    blob[2] = 2;
+    assert_eq!(
+        find(&blob),
+        Err(KernelBtfError::UnknownVersion { version: 2 })
+    );
+}
+
+/// Every `off_*` global of the embedded object is one the agent fills: a global added to the C source alone would
+/// load with offset 0 and read the wrong field.
+#[test]
+fn every_offset_global_of_the_object_is_filled() {
+    use object::{Object, ObjectSymbol};
+    let elf = object::File::parse(super::super::object::EMBEDDED).unwrap();
+    let mut in_object: Vec<(String, u64)> = elf
+        .symbols()
+        .filter_map(|sym| {
+            let name = sym.name().ok()?;
+            name.starts_with("off_")
+                .then(|| (name.to_owned(), sym.size()))
+        })
+        .collect();
+    in_object.sort();
+    let mut filled: Vec<(String, u64)> = FIELDS.iter().map(|f| (f.global.to_owned(), 4)).collect();
+    filled.sort();
+    assert_eq!(in_object, filled);
 }
 
 proptest! {
@@ -316,6 +387,10 @@ fn the_running_kernel_shows_every_field() {
         assert_eq!(find(&mapped).unwrap(), found);
     }
     for (f, offset) in FIELDS.iter().zip(found.0) {
-        assert_eq!(offset % f.size, 0, "{}.{} at {offset}", f.strukt, f.member);
+        let size = match f.shape {
+            Shape::Pointer => 8,
+            Shape::Integer(n) => n,
+        };
+        assert_eq!(offset % size, 0, "{}.{} at {offset}", f.strukt, f.member);
     }
 }
