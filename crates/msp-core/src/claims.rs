@@ -46,14 +46,15 @@ pub struct Claims {
 impl Claims {
     /// Claims of a connection without an attribution record: used only in summaries, never authorized (spec §6).
     pub fn empty(client_ip: String, client_port: u16) -> Claims {
+        let empty: Arc<str> = EMPTY.into();
         Claims {
             user_id: 0,
-            user_name: EMPTY.into(),
+            user_name: empty.clone(),
             user_groups: Arc::new([]),
             process_id: 0,
-            process_name: EMPTY.into(),
-            process_full_path: EMPTY.into(),
-            process_cmd_line: EMPTY.into(),
+            process_name: empty.clone(),
+            process_full_path: empty.clone(),
+            process_cmd_line: empty,
             run_as_elevated: false,
             client_ip,
             client_port,

@@ -53,15 +53,7 @@ impl Buffers {
             v.clear();
         }
         self.trim_vectors();
-        let mut fields = std::mem::take(&mut self.head.fields);
-        let mut names = std::mem::take(&mut self.head.connection_names);
-        fields.clear();
-        names.clear();
-        self.head = RequestHead {
-            fields,
-            connection_names: names,
-            ..RequestHead::default()
-        };
+        self.head.reset();
     }
 
     fn byte_vectors(&mut self) -> [&mut Vec<u8>; 4] {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use msp_core::canon::Destination;
 use msp_core::{Claims, Reason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,9 +359,7 @@ impl Conn {
     /// Reads more request bytes, waiting at most the idle timeout; false when the client is gone.
     pub(super) async fn fill(&mut self) -> bool {
         let rbuf = &mut self.b.rbuf;
-        if rbuf.capacity() - rbuf.len() < INITIAL_BUFFER / 2 {
-            rbuf.reserve(INITIAL_BUFFER);
-        }
+        make_room(rbuf);
         matches!(
             timeout(self.shared.timeouts.idle, self.client.read_buf(rbuf)).await,
             Ok(Ok(n)) if n > 0
@@ -405,6 +403,13 @@ impl Conn {
     }
 }
 
+/// Room for a read from the client: at least half an initial buffer, grown by a whole one.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
+        buf.reserve(INITIAL_BUFFER);
+    }
+}
+
 /// Waits until the client socket is readable, then reads what is there into the read buffer. The buffers are
 /// taken only then, and given straight back when nothing came: tokio reports the last readiness again until a
 /// read would block, so after every response the first wake-up finds nothing (an idle connection holds no
@@ -420,9 +425,7 @@ fn read_some<'a>(
         loop {
             ready!(client.poll_read_ready(cx))?;
             let buf = &mut b.rbuf;
-            if buf.capacity() - buf.len() < INITIAL_BUFFER / 2 {
-                buf.reserve(INITIAL_BUFFER);
-            }
+            make_room(buf);
             // A `WouldBlock` clears the readiness, so the next poll waits again.
             match client.try_read_buf(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => b.release(),

@@ -163,6 +163,19 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// Back to the default head, keeping the capacity of its field and `Connection` name lists.
+    pub fn reset(&mut self) {
+        let mut fields = std::mem::take(&mut self.fields);
+        let mut connection_names = std::mem::take(&mut self.connection_names);
+        fields.clear();
+        connection_names.clear();
+        *self = RequestHead {
+            fields,
+            connection_names,
+            ..RequestHead::default()
+        };
+    }
+
     /// Whether a field named `name` (any case) is hop-by-hop for this request (spec §3.2 step 1).
     pub fn is_hop_by_hop(&self, head: &[u8], name: &[u8]) -> bool {
         HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
@@ -261,14 +274,7 @@ pub fn parse(head: &[u8]) -> Result<RequestHead, HeadError> {
 
 /// [`parse`] into a reused value (its vectors keep their capacity across requests of a connection).
 pub fn parse_into(head: &[u8], out: &mut RequestHead) -> Result<(), HeadError> {
-    out.fields.clear();
-    out.connection_names.clear();
-    out.framing = Framing::None;
-    out.bad_header_value = false;
-    out.upgrade = false;
-    out.protected_connection = false;
-    out.close = false;
-    out.expect_continue = false;
+    out.reset();
     out.len = head.len();
 
     let mut lines = Lines {

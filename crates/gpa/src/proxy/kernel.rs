@@ -36,8 +36,8 @@ impl Attributor for KernelAttributor {
         }
     }
 
-    /// The record is taken here (one `gpa_take` run in the kernel); the claims come from the identity caches when they hold the
-    /// instance, else from a blocking thread.
+    /// The record is taken here (one `gpa_take` run in the kernel); the claims come from the identity caches
+    /// when they hold the instance, else from a blocking thread.
     fn lookup(self: Arc<Self>, peer: SocketAddr) -> Lookup {
         let Some(record) = self.redirector.take(peer) else {
             return Lookup::Done(Attribution::Direct);

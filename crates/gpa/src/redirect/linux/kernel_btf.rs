@@ -3,10 +3,11 @@
 //! load.
 //!
 //! This replaces CO-RE relocation of those reads. aya resolves each relocated type by scanning every type of the
-//! kernel BTF (~127,000 here) with string compares, once per type: ~13 ms of a cold start's ~43 ms of CPU here. One pass
-//! over the type section here finds all five structs (docs/DECISIONS.md, "Kernel field offsets from the agent").
-//! This module must never guess: a field that is missing, a bitfield, of another kind or size than the program reads, or
-//! at two different offsets in two definitions of its struct stops the load, with the field named.
+//! kernel BTF (~127,000 here) with string compares, once per type: ~13 ms of a cold start's ~43 ms of CPU here.
+//! One pass over the type section here finds all five structs (docs/DECISIONS.md, "Kernel field offsets from the
+//! agent"). This module must never guess: a field that is missing, a bitfield, of another kind or size than the
+//! program reads, or at two different offsets in two definitions of its struct stops the load, with the field
+//! named.
 use std::sync::OnceLock;
 
 use crate::redirect::RedirectError;

@@ -360,7 +360,9 @@ fn every_offset_global_of_the_object_is_filled() {
 proptest! {
     /// Whatever the file holds, the scan ends with offsets or an error: never a panic, never a hang.
     #[test]
-    fn corrupted_blobs_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+    fn corrupted_blobs_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)
+    ) {
         let mut blob = Kernel::new().blob();
         for (at, byte) in flips {
             let i = at.index(blob.len());
