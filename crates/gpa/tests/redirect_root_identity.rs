@@ -227,6 +227,30 @@ fn conf_064_root_cached_claims_still_prove_the_caller_alive() {
     setup.redirector.stop().unwrap();
 }
 
+#[test]
+fn conf_064_root_a_cached_caller_whose_pid_was_reused_is_stale() {
+    if !root_ready("conf_064_root_a_cached_caller_whose_pid_was_reused_is_stale") {
+        return;
+    }
+    let setup = Setup::new("cachedreuse");
+    let client = setup.client("hold").run();
+    client.report();
+    let pid = client.pid;
+    let (record, peer, _server) = setup.take();
+    let resolver = IdentityResolver::new();
+    resolver.claims(&record, peer).expect("live caller");
+    // The caller exits and a new process gets its pid, while the cache still holds the caller's facts (and
+    // the `/proc` directory they were read through).
+    client.finish();
+    let mut impostor = reuse_pid(pid);
+    let result = resolver.cached_claims(&record, peer).expect("still cached");
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    let reason = stale_reason(result);
+    assert_eq!(reason, StaleReason::Exited);
+    setup.redirector.stop().unwrap();
+}
+
 /// Makes the kernel give `pid` to a new `sleep`: waits while any task (a thread counts: `/proc/<tid>` resolves
 /// too) holds the number, then spawns with `ns_last_pid` set just below it until the `sleep` gets it.
 fn reuse_pid(pid: u32) -> std::process::Child {

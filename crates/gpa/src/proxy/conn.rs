@@ -62,6 +62,15 @@ pub(super) struct Conn {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What the accept loop knows about a connection it hands over.
+pub(super) struct Accepted {
+    /// The client's address.
+    pub(super) peer: SocketAddr,
+    /// The address the client connected to (the listener's).
+    pub(super) local: SocketAddr,
+    pub(super) at: Instant,
+}
+
 /// How waiting for a request head ended.
 enum HeadRead {
     /// A complete head of this many bytes is at the start of `rbuf`.
@@ -80,20 +89,18 @@ impl Conn {
     pub(super) fn accepted(
         shared: Arc<Shared>,
         client: TcpStream,
-        peer: SocketAddr,
-        accepted_at: Instant,
+        accepted: Accepted,
         cancel: CancellationToken,
         permit: OwnedSemaphorePermit,
     ) -> Box<Conn> {
-        let _ = client.set_nodelay(true);
-        let local = client.local_addr().unwrap_or(shared.listen);
+        let Accepted { peer, local, at } = accepted;
         let caller = caller(Attribution::Direct, peer, local, &shared);
         Box::new(Conn {
             shared,
             client,
             peer,
             local,
-            accepted_at: Some(accepted_at),
+            accepted_at: Some(at),
             caller,
             b: OnDemand::default(),
             upstream: None,

@@ -100,12 +100,12 @@ impl Conn {
                 Some(up) => up.send(&self.b.send, limit).await,
                 None => return Outcome::Refused(Reason::Internal),
             };
-            if let Err(e) = sent {
+            if let Err(reason) = sent {
                 self.upstream = None;
                 if reused && attempt == 0 {
                     continue;
                 }
-                return Outcome::Refused(send_error(&e));
+                return Outcome::Refused(reason);
             }
             match self.relay().await {
                 Err(RelayError::BeforeHead {
@@ -226,10 +226,7 @@ impl Conn {
         };
         let result = up.send(&self.b.send, limit).await;
         self.b.send.clear();
-        result.map_err(|e| {
-            self.upstream = None;
-            send_error(&e)
-        })
+        result.inspect_err(|_| self.upstream = None)
     }
 
     async fn stream_length(&mut self, mut remaining: u64) -> Result<(), Outcome> {
@@ -357,15 +354,6 @@ impl Conn {
             Ok(Ok(())) => Ok(()),
             _ => Err(Outcome::Broken { status: 0 }),
         }
-    }
-}
-
-fn send_error(e: &std::io::Error) -> Reason {
-    match e.kind() {
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-            Reason::UpstreamConnect
-        }
-        _ => Reason::UpstreamSend,
     }
 }
 

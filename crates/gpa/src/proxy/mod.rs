@@ -148,14 +148,16 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     let tracker = TaskTracker::new();
     let cancel = ctx.cancel;
     let mut backoff = limits::ACCEPT_BACKOFF_MIN;
+    let v4 = Listening::new(&ctx.listener);
+    let v6 = ctx.listener_v6.as_ref().map(Listening::new);
     tracing::info!(listener = %shared.listen, max_connections = cap, "proxy serving");
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => break,
-            r = accept(&ctx.listener) => r,
-            r = accept_opt(ctx.listener_v6.as_ref()) => r,
+            r = v4.accept() => r,
+            r = accept_opt(v6.as_ref()) => r,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, local) = match accepted {
             Ok(pair) => {
                 backoff = limits::ACCEPT_BACKOFF_MIN;
                 pair
@@ -175,7 +177,12 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (shared, cancel) = (shared.clone(), cancel.clone());
-                let conn = conn::Conn::accepted(shared, stream, peer, accepted_at, cancel, permit);
+                let at = conn::Accepted {
+                    peer,
+                    local,
+                    at: accepted_at,
+                };
+                let conn = conn::Conn::accepted(shared, stream, at, cancel, permit);
                 tracker.spawn(conn::serve(conn));
             }
             Err(_) => {
@@ -196,12 +203,66 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     tracing::info!("proxy stopped");
 }
 
-async fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
-    listener.accept().await
+/// A listener and what every connection accepted on it shares, found once instead of per connection.
+struct Listening<'a> {
+    listener: &'a TcpListener,
+    /// The listener's address when it is bound to one (the accepted socket's local address), `None` for a
+    /// wildcard bind, whose connections are asked.
+    local: Option<SocketAddr>,
+    /// Accepted sockets inherit `TCP_NODELAY` from the listener (Linux); if it could not be set there, each
+    /// connection sets it.
+    nodelay_inherited: bool,
 }
 
-async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
+impl<'a> Listening<'a> {
+    fn new(listener: &'a TcpListener) -> Listening<'a> {
+        let local = listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
+        let nodelay_inherited = match set_listener_nodelay(listener) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on the listener; setting it per connection");
+                false
+            }
+        };
+        Listening {
+            listener,
+            local,
+            nodelay_inherited,
+        }
+    }
+
+    /// The next connection, `TCP_NODELAY` on, with its peer and local addresses.
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+        let (stream, peer) = self.listener.accept().await?;
+        if !self.nodelay_inherited {
+            let _ = stream.set_nodelay(true);
+        }
+        let local = match self.local {
+            Some(local) => local,
+            None => stream.local_addr()?,
+        };
+        Ok((stream, peer, local))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_listener_nodelay(listener: &TcpListener) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::TcpNoDelay};
+    Ok(setsockopt(listener, TcpNoDelay, &true)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_listener_nodelay(_: &TcpListener) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+async fn accept_opt(
+    listening: Option<&Listening<'_>>,
+) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+    match listening {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
     }
@@ -222,5 +283,33 @@ async fn overloaded(mut stream: TcpStream) {
             while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every accepted connection has `TCP_NODELAY` (else a response written in two parts waits for the client's
+    /// delayed ACK) and the local address it connected to, on a listener bound to an address and on a wildcard
+    /// one.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_their_local_address() {
+        for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
+            let listener = TcpListener::bind(bind).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let listening = Listening::new(&listener);
+            assert_eq!(
+                listening.local.is_some(),
+                bind.starts_with("127."),
+                "{bind}"
+            );
+            let target = SocketAddr::from(([127, 0, 0, 1], port));
+            let client = TcpStream::connect(target).await.unwrap();
+            let (stream, peer, local) = listening.accept().await.unwrap();
+            assert!(stream.nodelay().unwrap(), "{bind}");
+            assert_eq!(peer, client.local_addr().unwrap(), "{bind}");
+            assert_eq!(local, target, "{bind}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Linux identity: `/proc` through a process-bound directory descriptor (what is read per process instance cached
-//! for [`INSTANCE_CACHE_TTL`]), NSS through a 60 s cache. Nothing is
-//! read from `/proc` before the live process is shown to be the recorded instance.
+//! for [`INSTANCE_CACHE_TTL`], with the descriptor), NSS through a 60 s cache. Nothing is read from `/proc` before
+//! the live process is shown to be the recorded instance.
 mod nss;
 mod procfs;
 
@@ -15,7 +15,7 @@ use msp_core::claims::UNDEFINED;
 use msp_core::redact::escape_control;
 
 use self::nss::{Nss, UserFacts};
-use self::procfs::{Exe, ProcDir};
+use self::procfs::{Exe, FdinfoDir, ProcDir};
 use crate::identity::cache::TtlCache;
 use crate::identity::{IdentityError, StaleReason, format_cmdline};
 use crate::redirect::{ConnRecord, ExeId};
@@ -32,19 +32,23 @@ const DEFAULT_TICKS_PER_SEC: u64 = 100;
 #[derive(Debug)]
 pub struct IdentityResolver {
     nss: Nss,
+    fdinfo: FdinfoDir,
     ticks_per_sec: u64,
     /// What `/proc` said about each recent process instance (see [`INSTANCE_CACHE_TTL`]).
     instances: Mutex<TtlCache<InstanceKey, Arc<ProcFacts>>>,
 }
 
 /// How long the executable path and command line read for one process instance running one executable are
-/// reused for its later connections. Every connection still proves, before the cache is consulted, that the
-/// recorded instance is alive (start time) and runs that same file (mount and inode): only the path lookup,
-/// the mount table and the command line are skipped. A process that rewrites its own argv shows the old
-/// command line for at most this long (it is informative: no selector matches on it, spec §4.4).
+/// reused for its later connections. Every connection still proves that the recorded instance is alive and runs
+/// that same file (mount and inode): the cache keeps the instance's `/proc/<pid>` directory, checked against the
+/// recorded start time when it was opened, through which nothing opens once the process is gone, whatever
+/// process has its pid by then. Only the path lookup, the mount table and the command line are skipped. A process
+/// that rewrites its own argv shows the old command line for at most this long (it is informative: no selector
+/// matches on it, spec §4.4).
 pub(crate) const INSTANCE_CACHE_TTL: Duration = Duration::from_secs(10);
-/// Process instances cached at most.
-pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 1024;
+/// Process instances cached at most. Each holds a directory open: 128 fit in the descriptors reserved for the
+/// agent's own files (`FD_RESERVE`, 256) with room for the rest.
+pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 128;
 
 /// One process instance running one executable, as the kernel recorded them at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +73,8 @@ impl InstanceKey {
 /// instance as they are: shared, not copied.
 #[derive(Debug)]
 struct ProcFacts {
+    /// The instance's `/proc/<pid>`, shown to be the recorded instance when it was opened.
+    dir: ProcDir,
     /// Mount id and inode of the verified live executable, when there was one.
     exe: Option<(u64, u64)>,
     full_path: Arc<str>,
@@ -111,6 +117,7 @@ impl IdentityResolver {
             .unwrap_or(DEFAULT_TICKS_PER_SEC);
         IdentityResolver {
             nss: Nss::new(),
+            fdinfo: FdinfoDir::open(),
             ticks_per_sec,
             instances: Mutex::new(TtlCache::new(
                 INSTANCE_CACHE_TTL,
@@ -123,11 +130,10 @@ impl IdentityResolver {
     /// `Err(Stale)` when the process that connected is gone, was replaced by a reused pid, or has executed another
     /// program since.
     pub fn claims(&self, record: &ConnRecord, peer: SocketAddr) -> Result<Claims, IdentityError> {
-        let proc_dir = self.live_instance(record)?;
         let now = Instant::now();
         let facts = match self.cached_facts(record, now) {
-            Some(facts) => self.still_running(&proc_dir, record, facts)?,
-            None => self.read_facts(&proc_dir, record, now)?,
+            Some(facts) => self.still_running(record, facts)?,
+            None => self.read_facts(self.live_instance(record)?, record, now)?,
         };
         let user_name = self.nss.user_name(record.uid, now);
         let user_groups = self.nss.groups(&user_name, record.gid, now);
@@ -147,8 +153,7 @@ impl IdentityResolver {
         let facts = self.cached_facts(record, now)?;
         let user = self.nss.cached(record.uid, record.gid, now)?;
         Some(
-            self.live_instance(record)
-                .and_then(|dir| self.still_running(&dir, record, facts))
+            self.still_running(record, facts)
                 .map(|facts| facts.claims(record, peer, user)),
         )
     }
@@ -175,10 +180,10 @@ impl IdentityResolver {
         lock(&self.instances).get(&key, now)
     }
 
-    /// The cached facts hold while the process still runs the executable they were read for.
+    /// The cached facts hold while their process is alive (its directory still opens `exe`) and still runs the
+    /// executable they were read for.
     fn still_running(
         &self,
-        proc_dir: &ProcDir,
         record: &ConnRecord,
         facts: Arc<ProcFacts>,
     ) -> Result<Arc<ProcFacts>, IdentityError> {
@@ -186,7 +191,10 @@ impl IdentityResolver {
             pid: record.tgid,
             reason,
         };
-        let live = proc_dir.exe().map_err(|e| stale(vanished(&e)))?;
+        let live = facts
+            .dir
+            .exe(&self.fdinfo)
+            .map_err(|e| stale(vanished(&e)))?;
         match &facts.exe {
             Some(exe) if live.mnt_id() == exe.0 && live.ino() == exe.1 => Ok(facts),
             _ => Err(stale(StaleReason::ExecutableChanged)),
@@ -197,7 +205,7 @@ impl IdentityResolver {
     /// result when the kernel recorded the executable.
     fn read_facts(
         &self,
-        proc_dir: &ProcDir,
+        proc_dir: ProcDir,
         record: &ConnRecord,
         now: Instant,
     ) -> Result<Arc<ProcFacts>, IdentityError> {
@@ -205,7 +213,7 @@ impl IdentityResolver {
             pid: record.tgid,
             reason,
         };
-        let exe = self.verified_exe(proc_dir, record).map_err(stale)?;
+        let exe = self.verified_exe(&proc_dir, record).map_err(stale)?;
         // The path counts only when it names the same file here: else it is "unavailable" (empty, spec §6), so
         // no `exePath` or `processName` selector can match an impostor (catalog C3).
         // Control characters are escaped here, at the source, so a file name cannot forge a log line, a summary
@@ -222,7 +230,9 @@ impl IdentityResolver {
         // The process may have called execve while we read: the path and command line would then describe the
         // new program. Look once more.
         if let Some(first) = &exe {
-            let again = proc_dir.exe().map_err(|e| stale(vanished(&e)))?;
+            let again = proc_dir
+                .exe(&self.fdinfo)
+                .map_err(|e| stale(vanished(&e)))?;
             if !again.same_file(first) {
                 return Err(stale(StaleReason::ExecutableChanged));
             }
@@ -233,6 +243,7 @@ impl IdentityResolver {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let facts = Arc::new(ProcFacts {
+            dir: proc_dir,
             exe: exe.as_ref().map(|e| (e.mnt_id(), e.ino())),
             full_path: full_path.into(),
             process_name: process_name.into(),
@@ -250,7 +261,7 @@ impl IdentityResolver {
         proc_dir: &ProcDir,
         record: &ConnRecord,
     ) -> Result<Option<Exe>, StaleReason> {
-        let live = proc_dir.exe();
+        let live = proc_dir.exe(&self.fdinfo);
         let Some(recorded) = record.instance.exe else {
             return Ok(live.ok()); // nothing recorded to compare with: the path is informative only
         };

@@ -3,7 +3,7 @@
 //! is read after the start-time check belongs to the process that was checked.
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,7 @@ const SMALL_FILE_MAX: usize = 4096;
 const MOUNTINFO_READ_MAX: usize = 4 * 1024 * 1024;
 
 /// An open `/proc/<pid>` directory.
+#[derive(Debug)]
 pub(super) struct ProcDir {
     dir: OwnedFd,
 }
@@ -61,17 +62,14 @@ impl ProcDir {
     }
 
     /// Opens the executable (`/proc/<pid>/exe`) and reads its mount and inode from this process's `fdinfo`.
-    pub(super) fn exe(&self) -> io::Result<Exe> {
+    pub(super) fn exe(&self, fdinfo: &FdinfoDir) -> io::Result<Exe> {
         let file = openat(
             &self.dir,
             "exe",
             OFlag::O_PATH | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let (info, _) = read_bounded(
-            File::open(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))?,
-            SMALL_FILE_MAX,
-        )?;
+        let (info, _) = read_bounded(fdinfo.open_entry(file.as_raw_fd())?, SMALL_FILE_MAX)?;
         let info = String::from_utf8_lossy(&info);
         let field = |name: &str| {
             info.lines()
@@ -104,6 +102,35 @@ impl ProcDir {
     /// `/proc/<pid>/cmdline`, at most [`CMDLINE_READ_MAX`] bytes, and whether it was cut there.
     pub(super) fn cmdline(&self) -> io::Result<(Vec<u8>, bool)> {
         self.read("cmdline", CMDLINE_READ_MAX)
+    }
+}
+
+/// The agent's own `/proc/self/fdinfo`, opened once: each lookup is then one path component, not four. Every
+/// thread of the agent shares its descriptor table, so the directory serves them all.
+#[derive(Debug)]
+pub(super) struct FdinfoDir(Option<OwnedFd>);
+
+impl FdinfoDir {
+    /// Falls back to the full path per lookup when the directory cannot be opened.
+    pub(super) fn open() -> FdinfoDir {
+        let dir = nix::fcntl::open(
+            "/proc/self/fdinfo",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        );
+        FdinfoDir(dir.ok())
+    }
+
+    fn open_entry(&self, fd: RawFd) -> io::Result<File> {
+        match &self.0 {
+            Some(dir) => Ok(File::from(openat(
+                dir,
+                fd.to_string().as_str(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?)),
+            None => File::open(format!("/proc/self/fdinfo/{fd}")),
+        }
     }
 }
 
@@ -144,9 +171,13 @@ impl Exe {
     }
 }
 
+/// Room of the first read: `stat` and `fdinfo` then take one `read` and the one that sees the end (an empty
+/// `Vec` would start at 32 bytes and double, six reads for a `stat`).
+const FIRST_READ: usize = 4096;
+
 /// Reads at most `limit` bytes; the flag says whether more was there.
 fn read_bounded(file: File, limit: usize) -> io::Result<(Vec<u8>, bool)> {
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(FIRST_READ.min(limit + 1));
     let mut reader = file.take(limit as u64 + 1);
     reader.read_to_end(&mut buf)?;
     let truncated = buf.len() > limit;
