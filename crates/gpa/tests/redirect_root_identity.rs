@@ -327,6 +327,35 @@ fn c3_root_a_caller_that_executes_another_program_after_connect_is_stale() {
 }
 
 #[test]
+fn c3_root_a_cached_caller_that_executes_another_program_is_stale() {
+    if !root_ready("c3_root_a_cached_caller_that_executes_another_program_is_stale") {
+        return;
+    }
+    let setup = Setup::new("cachedexec");
+    let mut client = setup.client("hold-exec").run();
+    client.report();
+    let (record, peer, _server) = setup.take();
+    let resolver = IdentityResolver::new();
+    resolver.claims(&record, peer).expect("live caller");
+    assert!(
+        resolver
+            .cached_claims(&record, peer)
+            .expect("cached after the first lookup")
+            .is_ok()
+    );
+    // Released, the client executes `sleep`: same process, same start time, another file.
+    client.release();
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    eventually("the client to exec sleep", || {
+        exe_of(client.pid).ends_with("sleep")
+    });
+    let reason = stale_reason(resolver.cached_claims(&record, peer).expect("still cached"));
+    assert_eq!(reason, StaleReason::ExecutableChanged);
+    drop(client); // now a `sleep`: killed, not released
+    setup.redirector.stop().unwrap();
+}
+
+#[test]
 fn c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path() {
     if !root_ready("c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path") {
         return;

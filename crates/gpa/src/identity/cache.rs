@@ -28,15 +28,14 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Stores `value`; when full, expired entries go first, and if none expired, everything goes.
+    /// Stores `value`. Expired entries go at every insert (a value may hold a resource, such as a descriptor); if
+    /// the cache is still full, everything goes.
     pub(crate) fn insert(&mut self, key: K, value: V, now: Instant) {
+        let ttl = self.ttl;
+        self.entries
+            .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            let ttl = self.ttl;
-            self.entries
-                .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
-            if self.entries.len() >= self.capacity {
-                self.entries.clear();
-            }
+            self.entries.clear();
         }
         self.entries.insert(key, (now, value));
     }
@@ -49,16 +48,19 @@ mod tests {
     #[test]
     fn entries_expire_and_capacity_holds() {
         let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
         let mut cache = TtlCache::new(Duration::from_secs(60), 2);
         cache.insert(1, "a", t0);
-        assert_eq!(cache.get(&1, t0 + Duration::from_secs(59)), Some("a"));
-        assert_eq!(cache.get(&1, t0 + Duration::from_secs(60)), None);
+        assert_eq!(cache.get(&1, at(59)), Some("a"));
+        assert_eq!(cache.get(&1, at(60)), None);
         cache.insert(2, "b", t0);
-        cache.insert(3, "c", t0 + Duration::from_secs(61)); // full: 1 and 2 expired and go
+        cache.insert(3, "c", at(61)); // 1 and 2 expired and go
         assert_eq!(cache.entries.len(), 1);
-        cache.insert(4, "d", t0 + Duration::from_secs(61));
-        cache.insert(5, "e", t0 + Duration::from_secs(61)); // full, nothing expired: cleared
-        assert!(cache.entries.len() <= 2);
-        assert_eq!(cache.get(&5, t0 + Duration::from_secs(61)), Some("e"));
+        cache.insert(4, "d", at(122)); // 3 expired and goes, though there was room
+        assert_eq!(cache.entries.len(), 1);
+        cache.insert(5, "e", at(122));
+        cache.insert(6, "f", at(122)); // full, nothing expired: cleared
+        assert_eq!(cache.entries.len(), 1);
+        assert_eq!(cache.get(&6, at(122)), Some("f"));
     }
 }

@@ -10,8 +10,9 @@
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
+use std::task::ready;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -237,7 +238,7 @@ impl Conn {
             let deadline = head_deadline.unwrap_or(idle_deadline);
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return HeadRead::Close,
-                r = timeout_at(deadline, read_some(&self.client, &mut self.b)) => r,
+                r = timeout_at(deadline, read_some(&mut self.client, &mut self.b)) => r,
             };
             match read {
                 Err(_) if self.b.rbuf.is_empty() => return HeadRead::Close,
@@ -418,27 +419,26 @@ fn make_room(buf: &mut BytesMut) {
 }
 
 /// Waits until the client socket is readable, then reads what is there into the read buffer. The buffers are
-/// taken only then, and given straight back when nothing came: tokio reports the last readiness again until a
-/// read would block, so after every response the first wake-up finds nothing (an idle connection holds no
-/// buffers). `Ok(0)`: the client closed.
+/// taken only then, and given straight back when nothing came (an idle connection holds no buffers). `Ok(0)`: the
+/// client closed.
 ///
 /// A plain poll on the socket's read readiness: unlike `readable()`, it keeps no waiter of its own in the
-/// connection's task.
+/// connection's task. The read itself is tokio's `poll_read`, which takes a read that leaves room in the buffer
+/// as proof that the socket is drained: the wait for the next request then goes straight to the reactor instead
+/// of through one more read that would block.
 fn read_some<'a>(
-    client: &'a TcpStream,
+    client: &'a mut TcpStream,
     b: &'a mut OnDemand,
 ) -> impl Future<Output = std::io::Result<usize>> + 'a {
     poll_fn(move |cx| {
-        loop {
-            ready!(client.poll_read_ready(cx))?;
-            let buf = &mut b.rbuf;
-            make_room(buf);
-            // A `WouldBlock` clears the readiness, so the next poll waits again.
-            match client.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => b.release(),
-                result => return Poll::Ready(result),
-            }
+        ready!(client.poll_read_ready(cx))?;
+        let buf = &mut b.rbuf;
+        make_room(buf);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut *client), cx, buf);
+        if read.is_pending() {
+            b.release();
         }
+        read
     })
 }
 

@@ -40,8 +40,13 @@ pub const POOLED_BUFFER_MAX: usize = 8 * 1024;
 /// [`LINGER_TIMEOUT`], before closing, so the client reads the response instead of a reset.
 pub const LINGER_BYTES: usize = 256 * 1024;
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-/// File descriptors kept besides two per connection (spec §8.4: `2 × maxConcurrentConnections + 256`).
-pub const FD_RESERVE: u64 = 256;
+/// File descriptors kept besides two per connection: the agent's own files (the 256 of spec §8.4, which asks for
+/// at least `2 × maxConcurrentConnections + 256`) and the `/proc/<pid>` directories the identity cache holds open.
+pub const FD_RESERVE: u64 = OWN_FILES + IDENTITY_CACHE_DIRS;
+/// The agent's own files: logs, state, eBPF objects, the reactor, host calls, `/proc` reads in flight.
+const OWN_FILES: u64 = 256;
+/// `/proc/<pid>` directories the identity cache holds open at most (one per cached process instance).
+pub const IDENTITY_CACHE_DIRS: u64 = 1024;
 /// Back-off after a failed `accept` (e.g. out of descriptors), doubled up to [`ACCEPT_BACKOFF_MAX`].
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);

@@ -148,8 +148,11 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     let tracker = TaskTracker::new();
     let cancel = ctx.cancel;
     let mut backoff = limits::ACCEPT_BACKOFF_MIN;
-    let v4 = Listening::new(&ctx.listener);
-    let v6 = ctx.listener_v6.as_ref().map(Listening::new);
+    let v4 = Listening::new(&ctx.listener, shared.listen);
+    let v6 = ctx
+        .listener_v6
+        .as_ref()
+        .map(|l| Listening::new(l, shared.listen));
     tracing::info!(listener = %shared.listen, max_connections = cap, "proxy serving");
     loop {
         let accepted = tokio::select! {
@@ -209,17 +212,17 @@ struct Listening<'a> {
     /// The listener's address when it is bound to one (the accepted socket's local address), `None` for a
     /// wildcard bind, whose connections are asked.
     local: Option<SocketAddr>,
+    /// The listener's address as bound: the local address of a connection that cannot say its own.
+    bound: SocketAddr,
     /// Accepted sockets inherit `TCP_NODELAY` from the listener (Linux); if it could not be set there, each
     /// connection sets it.
     nodelay_inherited: bool,
 }
 
 impl<'a> Listening<'a> {
-    fn new(listener: &'a TcpListener) -> Listening<'a> {
-        let local = listener
-            .local_addr()
-            .ok()
-            .filter(|a| !a.ip().is_unspecified());
+    fn new(listener: &'a TcpListener, configured: SocketAddr) -> Listening<'a> {
+        let bound = listener.local_addr().unwrap_or(configured);
+        let local = Some(bound).filter(|a| !a.ip().is_unspecified());
         let nodelay_inherited = match set_listener_nodelay(listener) {
             Ok(()) => true,
             Err(e) => {
@@ -230,6 +233,7 @@ impl<'a> Listening<'a> {
         Listening {
             listener,
             local,
+            bound,
             nodelay_inherited,
         }
     }
@@ -242,7 +246,7 @@ impl<'a> Listening<'a> {
         }
         let local = match self.local {
             Some(local) => local,
-            None => stream.local_addr()?,
+            None => stream.local_addr().unwrap_or(self.bound),
         };
         Ok((stream, peer, local))
     }
@@ -295,10 +299,11 @@ mod tests {
     /// one.
     #[tokio::test]
     async fn accepted_connections_have_nodelay_and_their_local_address() {
+        // The wildcard bind is to port 0 and only ever reached through loopback.
         for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
             let listener = TcpListener::bind(bind).await.unwrap();
             let port = listener.local_addr().unwrap().port();
-            let listening = Listening::new(&listener);
+            let listening = Listening::new(&listener, bind.parse().unwrap());
             assert_eq!(
                 listening.local.is_some(),
                 bind.starts_with("127."),

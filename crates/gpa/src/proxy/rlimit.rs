@@ -1,6 +1,7 @@
-//! `RLIMIT_NOFILE` (spec §8.4, decided): at start the agent raises its soft limit to at least
-//! `2 × maxConcurrentConnections + 256` (a downstream and an upstream socket per connection, plus the agent's
-//! own files); where the hard limit is lower it lowers its connection cap to fit and says so. This module must
+//! `RLIMIT_NOFILE` (spec §8.4, decided): at start the agent raises its soft limit to
+//! `2 × maxConcurrentConnections + FD_RESERVE` (a downstream and an upstream socket per connection, plus the
+//! agent's own files and the identity cache's directories: more than the spec's minimum of `2 × cap + 256`);
+//! where the hard limit is lower it lowers its connection cap to fit and says so. This module must
 //! never lower a limit or raise the hard one.
 
 use super::limits::FD_RESERVE;
@@ -29,7 +30,7 @@ pub fn raise_nofile_limit(cap: u64) -> u64 {
                 hard,
                 wanted = want,
                 cap = fitted,
-                "RLIMIT_NOFILE hard limit below 2 × maxConcurrentConnections + 256; connection cap lowered"
+                "RLIMIT_NOFILE hard limit below 2 × maxConcurrentConnections + reserve; connection cap lowered"
             );
             fitted
         }
@@ -72,6 +73,7 @@ mod tests {
             assert_eq!(cap, fit(soft));
         }
         assert_eq!(fit(0), 1);
-        assert_eq!(fit(2256), 1000);
+        assert_eq!(fit(2000 + FD_RESERVE), 1000);
+        assert_eq!(fit(2000 + FD_RESERVE - 1), 999);
     }
 }

@@ -109,8 +109,8 @@ fn dial(
 }
 
 /// `GPA_TEST_TARGET`, optional `GPA_TEST_BIND`, `GPA_TEST_READ=1`, and `GPA_TEST_AFTER`: `hold` (default),
-/// `exit`, `holder` (hand the socket to a `sleep` and exit), `exec` (become `sleep`, keeping the socket), or
-/// `setuid:<uid>` (drop to that uid and gid, then hold).
+/// `exit`, `holder` (hand the socket to a `sleep` and exit), `exec` (become `sleep`, keeping the socket),
+/// `hold-exec` (hold until released, then `exec`), or `setuid:<uid>` (drop to that uid and gid, then hold).
 fn connect_role() {
     let target: SocketAddr = env("GPA_TEST_TARGET").parse().unwrap();
     let bind = std::env::var("GPA_TEST_BIND")
@@ -155,8 +155,11 @@ fn connect_role() {
             fields.push(("holder", holder.id().to_string()));
             say(&fields);
         }
-        ("exec", _) => {
+        (role @ ("exec" | "hold-exec"), _) => {
             say(&fields);
+            if role == "hold-exec" {
+                hold();
+            }
             let err = Command::new("sleep")
                 .arg("60")
                 .stdin(Stdio::from(OwnedFd::from(stream)))

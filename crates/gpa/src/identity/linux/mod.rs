@@ -46,9 +46,11 @@ pub struct IdentityResolver {
 /// that rewrites its own argv shows the old command line for at most this long (it is informative: no selector
 /// matches on it, spec §4.4).
 pub(crate) const INSTANCE_CACHE_TTL: Duration = Duration::from_secs(10);
-/// Process instances cached at most. Each holds a directory open: 128 fit in the descriptors reserved for the
-/// agent's own files (`FD_RESERVE`, 256) with room for the rest.
-pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 128;
+/// Process instances cached at most. Each holds its `/proc/<pid>` directory open: the agent's descriptor limit
+/// counts them on top of its connections and its own files (`proxy::rlimit`).
+pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 1024;
+const _: () =
+    assert!(INSTANCE_CACHE_MAX_ENTRIES as u64 <= crate::proxy::limits::IDENTITY_CACHE_DIRS);
 
 /// One process instance running one executable, as the kernel recorded them at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
