@@ -340,8 +340,11 @@ impl Report {
         if let Some(s) = &self.scale {
             let capped = if s.connections < s.requested {
                 format!(
-                    "; {} asked, {} fit the descriptor limit (hard RLIMIT_NOFILE {}, 2 per connection + 256)",
-                    s.requested, s.connections, s.nofile_hard
+                    "; {} asked, {} fit the descriptor limit (hard RLIMIT_NOFILE {}, 2 per connection + {})",
+                    s.requested,
+                    s.connections,
+                    s.nofile_hard,
+                    gpa::proxy::limits::FD_RESERVE
                 )
             } else {
                 String::new()
