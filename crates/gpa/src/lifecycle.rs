@@ -146,6 +146,17 @@ fn kernel_parts() -> Parts {
     }
 }
 
+/// Unblocks SIGTERM and SIGINT in the calling thread. A parent may start the agent with them blocked (the mask
+/// survives `exec`, and every thread inherits it); the agent would then never see the stop it is sent. One thread
+/// that takes them is enough: the kernel hands a signal sent to the process to a thread that does not block it.
+fn unblock_stop_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop), None)
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
     run_with_events(config, EventSink::new()).await
@@ -154,6 +165,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 /// [`run`] with the event queue that the `fileLogLevelForEvents` log layer also feeds.
 pub async fn run_with_events(config: Config, events: EventSink) -> Result<(), RunError> {
     let cancel = CancellationToken::new();
+    if let Err(e) = unblock_stop_signals() {
+        tracing::warn!(error = %e, "cannot unblock SIGTERM and SIGINT; a blocked stop signal will not be seen");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RunError::Signals)?;
     let signals = async {

@@ -145,6 +145,18 @@ impl AgentProcess {
         cgroup: &TestCgroup,
         extra: serde_json::Value,
     ) -> AgentProcess {
+        Self::spawn_under(&[], msp_agent_exe, host, cgroup, extra).await
+    }
+
+    /// [`spawn`](Self::spawn) through `wrapper` (a command that `exec`s the rest of its arguments, such as `env`
+    /// with options), so the agent keeps the wrapper's pid.
+    pub async fn spawn_under(
+        wrapper: &[&str],
+        msp_agent_exe: &str,
+        host: &RunningHost,
+        cgroup: &TestCgroup,
+        extra: serde_json::Value,
+    ) -> AgentProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = serde_json::json!({
@@ -164,7 +176,12 @@ impl AgentProcess {
         }
         let path = dir.path().join("agent.json");
         std::fs::write(&path, config.to_string()).expect("write config");
-        let child = tokio::process::Command::new(msp_agent_exe)
+        let (program, args) = match wrapper.split_first() {
+            Some((w, rest)) => (*w, [rest, &[msp_agent_exe]].concat()),
+            None => (msp_agent_exe, Vec::new()),
+        };
+        let child = tokio::process::Command::new(program)
+            .args(args)
             .arg(&path)
             .kill_on_drop(true)
             .spawn()

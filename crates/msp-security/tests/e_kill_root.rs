@@ -1,7 +1,7 @@
 //! Catalog E4: the agent SIGKILLed under load, as its own process (`msp-agent`, the real redirector and proxy)
 //! against a real host in Enforce. No unsigned request is ever accepted by the host; with `redirectFailMode:
 //! closed` (pinned links) callers are refused instead of reaching the host directly. E5 (restarts) is `gpa`'s
-//! conf_073_root_* tests.
+//! conf_073_root_* tests. The orderly stop on SIGTERM, with the signal blocked by the agent's parent, is here too.
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
@@ -140,4 +140,67 @@ async fn e4_root_agent_sigkilled_under_load_closed_mode_callers_are_refused() {
         return;
     }
     kill_under_load("closed").await;
+}
+
+/// A parent that blocks SIGTERM passes the mask on through `exec` (`env --block-signal`); the agent still stops
+/// on it, in order: it exits 0 and leaves no pins, and a caller then reaches the host unsigned (open mode) and is
+/// refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal() {
+    if !root_ready(
+        "e_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal",
+    ) {
+        return;
+    }
+    let t = TestHost::start().await;
+    t.set_mode(Endpoint::Imds, Mode::Enforce).await;
+    let cgroup = TestCgroup::new("eterm");
+    let pins = Pins(Path::new(PIN_ROOT).join(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.path).unwrap()).to_string(),
+    ));
+    let mut agent = AgentProcess::spawn_under(
+        &["env", "--block-signal=TERM,INT"],
+        env!("CARGO_BIN_EXE_msp-agent"),
+        &t.host,
+        &cgroup,
+        serde_json::json!({}),
+    )
+    .await;
+    agent
+        .wait_served(|| probe!().in_cgroup(&cgroup), t.host.imds, &get(&t))
+        .await;
+    // The runtime's threads started with the parent's mask: SIGTERM is blocked there still.
+    let blocks_term = |task: std::fs::DirEntry| {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid)).unwrap();
+    assert!(
+        tasks.flatten().any(blocks_term),
+        "the wrapper passed the blocked SIGTERM on"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.pid).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(30), agent.child.wait()).await;
+    let status = exited.expect("the agent did not stop on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::fs::read_dir(&pins.0).map_or(true, |mut d| d.next().is_none()),
+        "an orderly stop leaves no pins"
+    );
+    let r = probe!()
+        .in_cgroup(&cgroup)
+        .tcp(t.host.imds, &get(&t), 3000)
+        .await
+        .response();
+    assert_eq!((r.status, r.reason()), (401, Some("AUTH_MISSING")), "{r:?}");
+    drop(pins);
 }
