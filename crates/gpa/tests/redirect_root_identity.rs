@@ -293,6 +293,10 @@ fn conf_064_root_a_reused_pid_is_stale_and_never_attributed_to_the_new_process()
     client.finish();
     let (record, peer, _server) = setup.take();
     assert_eq!(record.tgid, pid);
+    // `/proc/<pid>/stat` gives start times in clock ticks (10 ms): an impostor started within the caller's own
+    // tick would read as the same instance by start time, and be told apart by its executable alone
+    // (`ExecutableChanged`, seen on a fast run). Let the tick pass first, so this test sees the start-time check.
+    std::thread::sleep(Duration::from_millis(25));
     // A new process now carries the caller's pid.
     let mut impostor = reuse_pid(pid);
     let reason = stale_reason(IdentityResolver::new().claims(&record, peer));

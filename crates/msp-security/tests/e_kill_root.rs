@@ -37,24 +37,40 @@ fn get(t: &TestHost) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn kill_under_load(fail_mode: &str) {
+/// A host in Enforce on IMDS and `msp-agent` (started through `wrapper`) with hooks on a new cgroup, serving.
+async fn serving(
+    tag: &str,
+    wrapper: &[&str],
+    extra: serde_json::Value,
+) -> (TestHost, TestCgroup, Pins, AgentProcess) {
     let t = TestHost::start().await;
     t.set_mode(Endpoint::Imds, Mode::Enforce).await;
-    let cgroup = TestCgroup::new("e4");
+    let cgroup = TestCgroup::new(tag);
     let pins = Pins(Path::new(PIN_ROOT).join(
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.path).unwrap()).to_string(),
     ));
-    let mut agent = AgentProcess::spawn(
+    let agent = AgentProcess::spawn_under(
+        wrapper,
         env!("CARGO_BIN_EXE_msp-agent"),
         &t.host,
         &cgroup,
-        serde_json::json!({"redirectFailMode": fail_mode}),
+        extra,
     )
     .await;
     // Ready: a caller in the cgroup is served (signed) through the agent.
     agent
         .wait_served(|| probe!().in_cgroup(&cgroup), t.host.imds, &get(&t))
         .await;
+    (t, cgroup, pins, agent)
+}
+
+async fn kill_under_load(fail_mode: &str) {
+    let (t, cgroup, pins, mut agent) = serving(
+        "e4",
+        &[],
+        serde_json::json!({"redirectFailMode": fail_mode}),
+    )
+    .await;
 
     // Load from the cgroup; SIGKILL the agent in the middle of it.
     let load = tokio::spawn(
@@ -152,23 +168,12 @@ async fn e_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_th
     ) {
         return;
     }
-    let t = TestHost::start().await;
-    t.set_mode(Endpoint::Imds, Mode::Enforce).await;
-    let cgroup = TestCgroup::new("eterm");
-    let pins = Pins(Path::new(PIN_ROOT).join(
-        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.path).unwrap()).to_string(),
-    ));
-    let mut agent = AgentProcess::spawn_under(
+    let (t, cgroup, pins, mut agent) = serving(
+        "eterm",
         &["env", "--block-signal=TERM,INT"],
-        env!("CARGO_BIN_EXE_msp-agent"),
-        &t.host,
-        &cgroup,
         serde_json::json!({}),
     )
     .await;
-    agent
-        .wait_served(|| probe!().in_cgroup(&cgroup), t.host.imds, &get(&t))
-        .await;
     // The runtime's threads started with the parent's mask: SIGTERM is blocked there still.
     let blocks_term = |task: std::fs::DirEntry| {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
