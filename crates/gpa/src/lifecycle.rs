@@ -165,15 +165,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 /// [`run`] with the event queue that the `fileLogLevelForEvents` log layer also feeds.
 pub async fn run_with_events(config: Config, events: EventSink) -> Result<(), RunError> {
     let cancel = CancellationToken::new();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    // Only now that both are handled: a stop sent while they were blocked is then taken, not fatal.
     if let Err(e) = unblock_stop_signals() {
         tracing::warn!(error = %e, "cannot unblock SIGTERM and SIGINT; a blocked stop signal will not be seen");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(RunError::Signals)?;
     let signals = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, stopping"),
+            _ = int.recv() => tracing::info!("SIGINT received, stopping"),
             () = cancel.cancelled() => return,
         }
         cancel.cancel();

@@ -353,7 +353,11 @@ fn c3_root_a_cached_caller_that_executes_another_program_is_stale() {
     eventually("the client to exec sleep", || {
         exe_of(client.pid).ends_with("sleep")
     });
-    let reason = stale_reason(resolver.cached_claims(&record, peer).expect("still cached"));
+    let reason = stale_reason(
+        resolver
+            .cached_claims(&record, peer)
+            .expect("still cached (unless the exec took longer than the cache's 10 s)"),
+    );
     assert_eq!(reason, StaleReason::ExecutableChanged);
     drop(client); // now a `sleep`: killed, not released
     setup.redirector.stop().unwrap();

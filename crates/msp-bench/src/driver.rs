@@ -32,8 +32,8 @@ const IDLE_SETTLE: Duration = Duration::from_secs(1);
 /// The descriptor limit the bench gives itself and its children (the 10,000-connection hold needs two per
 /// connection in the agent and one each in the worker and the host).
 const NOFILE: u64 = 65_536;
-/// Descriptors left unused below the agent's cap in the hold (its listener, logs, eBPF maps and the bench's probes).
-const FD_MARGIN: u64 = 64;
+/// Descriptors left unused below the agent's cap in the hold, a margin on top of its reserve.
+pub(crate) const FD_MARGIN: u64 = 64;
 /// Pause between the last held connection and the RSS reading: longer than the agent's idle-buffer grace.
 const HOLD_SETTLE: Duration = Duration::from_millis(1000);
 

@@ -340,11 +340,13 @@ impl Report {
         if let Some(s) = &self.scale {
             let capped = if s.connections < s.requested {
                 format!(
-                    "; {} asked, {} fit the descriptor limit (hard RLIMIT_NOFILE {}, 2 per connection + {})",
+                    "; {} asked, {} fit the descriptor limit (hard RLIMIT_NOFILE {}, 2 per connection + the agent's \
+                     reserve of {} + a margin of {})",
                     s.requested,
                     s.connections,
                     s.nofile_hard,
-                    gpa::proxy::limits::FD_RESERVE
+                    gpa::proxy::limits::FD_RESERVE,
+                    crate::driver::FD_MARGIN
                 )
             } else {
                 String::new()

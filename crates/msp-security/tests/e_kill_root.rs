@@ -159,36 +159,39 @@ async fn e4_root_agent_sigkilled_under_load_closed_mode_callers_are_refused() {
 }
 
 /// A parent that blocks SIGTERM passes the mask on through `exec` (`env --block-signal`); the agent still stops
-/// on it, in order: it exits 0 and leaves no pins, and a caller then reaches the host unsigned (open mode) and is
-/// refused there.
+/// on it, in order. In `closed` mode only the orderly stop removes the pinned links (a killed agent leaves them,
+/// E4 above): it exits 0, leaves no pins, and a caller then reaches the host unsigned and is refused there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal() {
+async fn e4_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal() {
     if !root_ready(
-        "e_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal",
+        "e4_root_sigterm_stops_the_agent_in_order_even_when_its_parent_blocked_the_signal",
     ) {
         return;
     }
+    const WRAPPER: [&str; 2] = ["env", "--block-signal=TERM,INT"];
+    // The wrapper does block the signal in what it runs.
+    let probe = std::process::Command::new(WRAPPER[0])
+        .args(&WRAPPER[1..])
+        .args(["grep", "SigBlk", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let blocked = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .strip_prefix("SigBlk:")
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap();
+    assert_ne!(blocked & (1 << (libc::SIGTERM - 1)), 0, "{blocked:x}");
+
     let (t, cgroup, pins, mut agent) = serving(
         "eterm",
-        &["env", "--block-signal=TERM,INT"],
-        serde_json::json!({}),
+        &WRAPPER,
+        serde_json::json!({"redirectFailMode": "closed"}),
     )
     .await;
-    // The runtime's threads started with the parent's mask: SIGTERM is blocked there still.
-    let blocks_term = |task: std::fs::DirEntry| {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigBlk:"))
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
-    };
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid)).unwrap();
     assert!(
-        tasks.flatten().any(blocks_term),
-        "the wrapper passed the blocked SIGTERM on"
+        std::fs::read_dir(&pins.0).is_ok_and(|mut d| d.next().is_some()),
+        "closed mode pins its links"
     );
-
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(agent.pid).unwrap()),
         nix::sys::signal::Signal::SIGTERM,

@@ -1,5 +1,5 @@
 //! A small bounded cache whose entries expire: NSS answers are kept at most 60 s (spec §6). It never returns an
-//! entry older than its TTL and never grows past its capacity.
+//! entry older than its TTL and never grows past its capacity; when full, the oldest entry makes room.
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ pub(crate) struct TtlCache<K, V> {
     capacity: usize,
 }
 
-impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
         TtlCache {
             entries: HashMap::new(),
@@ -28,16 +28,27 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
             .map(|(_, v)| v.clone())
     }
 
-    /// Stores `value`. Expired entries go at every insert (a value may hold a resource, such as a descriptor); if
-    /// the cache is still full, everything goes.
-    pub(crate) fn insert(&mut self, key: K, value: V, now: Instant) {
+    /// Stores `value`. Expired entries go at every insert, and when the cache is still full its oldest entry goes.
+    /// What went is returned, so that a caller holding a lock can drop it (a value may hold a descriptor) after
+    /// letting go.
+    #[must_use = "the removed entries: drop them outside any lock"]
+    pub(crate) fn insert(&mut self, key: K, value: V, now: Instant) -> Vec<V> {
         let ttl = self.ttl;
-        self.entries
-            .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
+        let mut gone: Vec<V> = self
+            .entries
+            .extract_if(|_, (stored, _)| now.saturating_duration_since(*stored) >= ttl)
+            .map(|(_, (_, v))| v)
+            .collect();
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            self.entries.clear();
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (stored, _))| *stored)
+                .map(|(k, _)| k.clone());
+            gone.extend(oldest.and_then(|k| self.entries.remove(&k)).map(|(_, v)| v));
         }
-        self.entries.insert(key, (now, value));
+        gone.extend(self.entries.insert(key, (now, value)).map(|(_, v)| v));
+        gone
     }
 }
 
@@ -50,17 +61,17 @@ mod tests {
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut cache = TtlCache::new(Duration::from_secs(60), 2);
-        cache.insert(1, "a", t0);
+        assert!(cache.insert(1, "a", t0).is_empty());
         assert_eq!(cache.get(&1, at(59)), Some("a"));
         assert_eq!(cache.get(&1, at(60)), None);
-        cache.insert(2, "b", t0);
-        cache.insert(3, "c", at(61)); // 1 and 2 expired and go
-        assert_eq!(cache.entries.len(), 1);
-        cache.insert(4, "d", at(122)); // 3 expired and goes, though there was room
-        assert_eq!(cache.entries.len(), 1);
-        cache.insert(5, "e", at(122));
-        cache.insert(6, "f", at(122)); // full, nothing expired: cleared
-        assert_eq!(cache.entries.len(), 1);
-        assert_eq!(cache.get(&6, at(122)), Some("f"));
+        assert!(cache.insert(2, "b", at(2)).is_empty());
+        assert_eq!(cache.insert(3, "c", at(61)), ["a"]); // 1 expired and goes
+        assert_eq!(cache.insert(4, "d", at(122)).len(), 2); // 2 and 3 expired and go, though there was room
+        assert!(cache.insert(5, "e", at(123)).is_empty());
+        assert_eq!(cache.insert(6, "f", at(124)), ["d"]); // full, nothing expired: the oldest goes
+        assert_eq!(cache.get(&5, at(124)), Some("e"));
+        assert_eq!(cache.get(&6, at(124)), Some("f"));
+        assert_eq!(cache.insert(6, "g", at(125)), ["f"]); // a replaced value goes too
+        assert_eq!(cache.get(&5, at(125)), Some("e"));
     }
 }

@@ -18,6 +18,8 @@ mod linux;
 
 pub use cmdline::{CMDLINE_MAX_BYTES, CMDLINE_MAX_WORDS, format_cmdline};
 #[cfg(target_os = "linux")]
+pub(crate) use linux::INSTANCE_CACHE_MAX_ENTRIES;
+#[cfg(target_os = "linux")]
 pub use linux::IdentityResolver;
 
 use std::fmt;

@@ -46,7 +46,7 @@ pub const FD_RESERVE: u64 = OWN_FILES + IDENTITY_CACHE_DIRS;
 /// The agent's own files: logs, state, eBPF objects, the reactor, host calls, `/proc` reads in flight.
 const OWN_FILES: u64 = 256;
 /// `/proc/<pid>` directories the identity cache holds open at most (one per cached process instance).
-pub const IDENTITY_CACHE_DIRS: u64 = 1024;
+pub const IDENTITY_CACHE_DIRS: u64 = crate::identity::INSTANCE_CACHE_MAX_ENTRIES as u64;
 /// Back-off after a failed `accept` (e.g. out of descriptors), doubled up to [`ACCEPT_BACKOFF_MAX`].
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);

@@ -149,10 +149,12 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     let cancel = ctx.cancel;
     let mut backoff = limits::ACCEPT_BACKOFF_MIN;
     let v4 = Listening::new(&ctx.listener, shared.listen);
-    let v6 = ctx
-        .listener_v6
-        .as_ref()
-        .map(|l| Listening::new(l, shared.listen));
+    let v6 = ctx.listener_v6.as_ref().map(|l| {
+        Listening::new(
+            l,
+            (std::net::Ipv6Addr::LOCALHOST, shared.listen.port()).into(),
+        )
+    });
     tracing::info!(listener = %shared.listen, max_connections = cap, "proxy serving");
     loop {
         let accepted = tokio::select! {

@@ -591,16 +591,16 @@ mod connect_tests {
             panic!("connect waited");
         };
         assert!(up.connecting.is_some());
+        // The handshake is done once the listener has the connection (without a reactor turn here); a version
+        // that waited for the reactor to report the socket writable would still be `Pending` below.
+        let (mut s, _) = listener.accept().unwrap();
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        // The handshake to a loopback listener is done when `connect` returns: a version that waited for the
-        // reactor to report the socket writable would be `Pending` here.
         assert!(matches!(
             poll_once(up.send(request, LIMIT)),
             Poll::Ready(Ok(()))
         ));
         assert!(up.stream.nodelay().unwrap());
         drop(up);
-        let (mut s, _) = listener.accept().unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
         assert_eq!(got, request);

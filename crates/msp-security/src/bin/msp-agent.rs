@@ -1,10 +1,12 @@
 //! `msp-agent <config.json>`: the agent (`gpa::run`: the real redirector and proxy) as a process of its own, for
 //! the catalog tests that must kill it (E4). The same code path as `gpa run --config`, without its logging setup.
 
-fn main() {
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
     let Some(path) = std::env::args_os().nth(1) else {
         eprintln!("usage: msp-agent <config.json>");
-        return;
+        return ExitCode::from(2);
     };
     let config = match gpa::config::Config::load(
         Some(std::path::Path::new(&path)),
@@ -13,17 +15,21 @@ fn main() {
         Ok((c, _)) => c,
         Err(e) => {
             eprintln!("{e}");
-            return;
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");
-            return;
+            return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = runtime.block_on(gpa::run(config)) {
-        eprintln!("{e}");
+    match runtime.block_on(gpa::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }

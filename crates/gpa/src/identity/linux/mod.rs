@@ -47,10 +47,9 @@ pub struct IdentityResolver {
 /// matches on it, spec §4.4).
 pub(crate) const INSTANCE_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Process instances cached at most. Each holds its `/proc/<pid>` directory open: the agent's descriptor limit
-/// counts them on top of its connections and its own files (`proxy::rlimit`).
-pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 1024;
-const _: () =
-    assert!(INSTANCE_CACHE_MAX_ENTRIES as u64 <= crate::proxy::limits::IDENTITY_CACHE_DIRS);
+/// counts them on top of its connections and its own files (`proxy::limits::FD_RESERVE`). When full, the oldest
+/// entry makes room, so a burst of one-off callers does not push out every long-lived one at once.
+pub(crate) const INSTANCE_CACHE_MAX_ENTRIES: usize = 128;
 
 /// One process instance running one executable, as the kernel recorded them at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,8 +143,8 @@ impl IdentityResolver {
 
     /// [`claims`](IdentityResolver::claims) from the caches alone, without blocking: `None` when the instance's
     /// `/proc` facts or the NSS answers are not cached (the caller then runs `claims` on a blocking thread). On a
-    /// hit it still checks, through `/proc/<pid>/stat` and the executable's `fdinfo`, that the recorded instance is
-    /// alive and runs the same file (spec §6, conf 64, catalog C3).
+    /// hit it still checks, through the instance's kept `/proc/<pid>` directory and the executable's `fdinfo`, that
+    /// the recorded instance is alive and runs the same file (spec §6, conf 64, catalog C3).
     pub fn cached_claims(
         &self,
         record: &ConnRecord,
@@ -252,7 +251,9 @@ impl IdentityResolver {
             cmdline: cmdline.into(),
         });
         if let (Some(key), Some(_)) = (InstanceKey::of(record), &facts.exe) {
-            lock(&self.instances).insert(key, facts.clone(), now);
+            // Evicted directories close after the lock is let go.
+            let evicted = lock(&self.instances).insert(key, facts.clone(), now);
+            drop(evicted);
         }
         Ok(facts)
     }

@@ -50,7 +50,7 @@ impl Nss {
             .ok()
             .flatten()
             .map_or_else(|| UNDEFINED.into(), |u| u.name.into());
-        lock(&self.users).insert(uid, name.clone(), now);
+        let _evicted = lock(&self.users).insert(uid, name.clone(), now);
         name
     }
 
@@ -75,7 +75,7 @@ impl Nss {
             }
         }
         let names: Arc<[String]> = names.into();
-        lock(&self.groups).insert(key, names.clone(), now);
+        let _evicted = lock(&self.groups).insert(key, names.clone(), now);
         names
     }
 }
