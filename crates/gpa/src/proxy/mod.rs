@@ -211,10 +211,8 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
 /// A listener and what every connection accepted on it shares, found once instead of per connection.
 struct Listening<'a> {
     listener: &'a TcpListener,
-    /// The listener's address when it is bound to one (the accepted socket's local address), `None` for a
-    /// wildcard bind, whose connections are asked.
-    local: Option<SocketAddr>,
-    /// The listener's address as bound: the local address of a connection that cannot say its own.
+    /// The listener's address as bound: every accepted socket's local address unless it is a wildcard, and the
+    /// fallback of a connection that cannot say its own.
     bound: SocketAddr,
     /// Accepted sockets inherit `TCP_NODELAY` from the listener (Linux); if it could not be set there, each
     /// connection sets it.
@@ -224,7 +222,6 @@ struct Listening<'a> {
 impl<'a> Listening<'a> {
     fn new(listener: &'a TcpListener, configured: SocketAddr) -> Listening<'a> {
         let bound = listener.local_addr().unwrap_or(configured);
-        let local = Some(bound).filter(|a| !a.ip().is_unspecified());
         let nodelay_inherited = match set_listener_nodelay(listener) {
             Ok(()) => true,
             Err(e) => {
@@ -234,7 +231,6 @@ impl<'a> Listening<'a> {
         };
         Listening {
             listener,
-            local,
             bound,
             nodelay_inherited,
         }
@@ -246,11 +242,17 @@ impl<'a> Listening<'a> {
         if !self.nodelay_inherited {
             let _ = stream.set_nodelay(true);
         }
-        let local = match self.local {
+        let local = match self.fixed_local() {
             Some(local) => local,
             None => stream.local_addr().unwrap_or(self.bound),
         };
         Ok((stream, peer, local))
+    }
+
+    /// The local address of every connection, when the listener is bound to one address (not a wildcard, whose
+    /// connections are asked).
+    fn fixed_local(&self) -> Option<SocketAddr> {
+        Some(self.bound).filter(|a| !a.ip().is_unspecified())
     }
 }
 
@@ -307,7 +309,7 @@ mod tests {
             let port = listener.local_addr().unwrap().port();
             let listening = Listening::new(&listener, bind.parse().unwrap());
             assert_eq!(
-                listening.local.is_some(),
+                listening.fixed_local().is_some(),
                 bind.starts_with("127."),
                 "{bind}"
             );
