@@ -17,10 +17,11 @@ use crate::cleanup::Cleanup;
 use crate::http;
 use crate::procfs;
 use crate::progress::Progress;
+use crate::relay;
 use crate::report::{AgentFacts, Report, Scale, WorkloadResult};
 use crate::stack::{Binaries, DIRECT_SOURCE, Proc, Stack, StackError};
 use crate::stats::SideAcc;
-use crate::worker::{Expect, Outcome, Pattern, Spec};
+use crate::worker::{Expect, Outcome, Pattern, Spec, THREAD_LIMIT};
 use crate::workload::{self, ALL, Resource, Workload};
 
 /// How long the agent may take to enforce after its first start (key acquisition, attestation).
@@ -51,6 +52,8 @@ pub struct Options {
     pub cold_starts: usize,
     /// Only these workloads (by name); empty: all.
     pub only: Vec<String>,
+    /// The bare relay's way for every workload; `None`: the cheapest for each ([`relay_mode`]).
+    pub relay_mode: Option<relay::Mode>,
     pub bins: Binaries,
     pub work_dir: PathBuf,
 }
@@ -70,6 +73,8 @@ pub enum BenchError {
     },
     #[error("the agent or the host exited during the run (logs in {0})")]
     Died(String),
+    #[error("bare relay: {0}")]
+    Relay(String),
     #[error("unknown workload {0:?}")]
     UnknownWorkload(String),
 }
@@ -170,7 +175,7 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
     raise_nofile();
     let mut report = Report::new(opts);
     let steps =
-        workloads.len() * opts.rounds * 2 + 2 + usize::from(opts.scale > 0) + opts.cold_starts;
+        workloads.len() * opts.rounds * 3 + 2 + usize::from(opts.scale > 0) + opts.cold_starts;
     let mut progress = Progress::new(steps);
 
     progress.step("starting msp-host");
@@ -213,27 +218,35 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
                 "apply the allowlist",
             )?;
         }
-        let (mut agent, mut direct) = (SideAcc::default(), SideAcc::default());
+        let relay = Relay::start(
+            stack.dir.as_path(),
+            stack.addrs.imds,
+            opts.relay_mode.unwrap_or_else(|| relay_mode(w)),
+            cleanup,
+        )?;
+        let (mut agent, mut direct, mut bare) =
+            (SideAcc::default(), SideAcc::default(), SideAcc::default());
         for round in 0..opts.rounds {
-            for through_agent in [true, false] {
-                let side = if through_agent { "agent" } else { "direct" };
+            for route in [Route::Agent, Route::Direct, Route::Relay(&relay)] {
                 progress.step(&format!(
-                    "{} {side} round {}/{}",
+                    "{} {} round {}/{}",
                     w.name,
+                    route.name(),
                     round + 1,
                     opts.rounds
                 ));
-                let outcome = run_round(&stack, opts, w, through_agent, cleanup)?;
+                let outcome = run_round(&stack, opts, w, route, cleanup)?;
                 if !stack.healthy() {
                     return Err(BenchError::Died(stack.dir.display().to_string()));
                 }
-                if through_agent {
-                    agent.add(outcome);
-                } else {
-                    direct.add(outcome);
+                match route {
+                    Route::Agent => agent.add(outcome),
+                    Route::Direct => direct.add(outcome),
+                    Route::Relay(_) => bare.add(outcome),
                 }
             }
         }
+        drop(relay);
         if w.allowlist {
             stack.set_imds_profile(None)?;
             let denied = format!("{}?api-version=2021-02-01", workload::DENIED_PATH);
@@ -250,6 +263,7 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
             w,
             agent.finish(),
             direct.finish(),
+            bare.finish(),
             load_before,
             procfs::loadavg(),
         ));
@@ -276,16 +290,44 @@ fn request(stack: &Stack, target: &str) -> String {
     String::from_utf8_lossy(&http::get(target, &stack.addrs.imds.to_string(), false)).into_owned()
 }
 
+/// The way a round's requests go to the host.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// Redirected to the agent: authorized, signed, verified by the host.
+    Agent,
+    /// Straight to the host, from the `direct` VM's address.
+    Direct,
+    /// Through the bare relay, which connects to the host from the `direct` VM's address.
+    Relay(&'a Relay),
+}
+
+impl Route<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Agent => "agent",
+            Route::Direct => "direct",
+            Route::Relay(_) => "bare relay",
+        }
+    }
+}
+
 fn run_round(
     stack: &Stack,
     opts: &Options,
     w: &Workload,
-    through_agent: bool,
+    route: Route<'_>,
     cleanup: &Cleanup,
 ) -> Result<Outcome, BenchError> {
+    let agent = stack.agent_pid().unwrap_or(0);
+    let (target, bind, watched) = match route {
+        Route::Agent => (stack.addrs.imds, None, agent),
+        Route::Direct => (stack.addrs.imds, Some(DIRECT_SOURCE), agent),
+        Route::Relay(r) => (r.addr, None, r.proc.pid()),
+    };
+    let through_agent = matches!(route, Route::Agent);
     let spec = Spec {
-        target: stack.addrs.imds,
-        bind: (!through_agent).then_some(DIRECT_SOURCE),
+        target,
+        bind,
         connections: w.connections,
         pattern: w.pattern,
         request: request(stack, &workload::target(w.resource)),
@@ -297,11 +339,73 @@ fn run_round(
         duration_ms: opts.round_ms,
         max_requests: opts.max_requests,
         cpu: opts.client_cpu,
-        watch: vec![stack.agent_pid().unwrap_or(0), stack.host_pid()],
+        watch: vec![watched, stack.host_pid()],
     };
     let mut worker = Worker::spawn(&spec, through_agent.then_some(&stack.cgroup), cleanup)?;
     worker.say("go")?;
     worker.outcome()
+}
+
+/// The bare relay of one workload: a `msp-bench relay` process, stopped on drop.
+struct Relay {
+    proc: Proc,
+    addr: std::net::SocketAddr,
+}
+
+impl Relay {
+    fn start(
+        dir: &Path,
+        host: std::net::SocketAddr,
+        mode: relay::Mode,
+        cleanup: &Cleanup,
+    ) -> Result<Relay, BenchError> {
+        let fail = |e: String| BenchError::Relay(e);
+        let exe = std::env::current_exe().map_err(|e| fail(format!("current_exe: {e}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))
+            .map_err(|e| fail(format!("relay.log: {e}")))?;
+        let mode_arg = match mode {
+            relay::Mode::Threads => "threads",
+            relay::Mode::Tokio => "tokio",
+        };
+        let mut proc = Proc::spawn(
+            Command::new(exe)
+                .args(["relay", "--to", &host.to_string()])
+                .args(["--from", &DIRECT_SOURCE.to_string(), "--mode", mode_arg])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log),
+            cleanup,
+        )
+        .map_err(|e| fail(format!("spawn: {e}")))?;
+        let stdout = proc
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| fail("no pipe".into()))?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| fail(format!("stdout: {e}")))?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| fail(format!("expected `listening <address>`, got {line:?}")))?;
+        Ok(Relay { proc, addr })
+    }
+}
+
+/// The cheapest relay for the workload: a thread per direction for a few keep-alive connections, else the
+/// agent's runtime (a thread pair per new connection would cost more than the relaying).
+fn relay_mode(w: &Workload) -> relay::Mode {
+    if w.pattern == Pattern::KeepAlive && w.connections <= THREAD_LIMIT {
+        relay::Mode::Threads
+    } else {
+        relay::Mode::Tokio
+    }
 }
 
 /// A worker in the cgroup that retries new connections until the agent answers `expect`.

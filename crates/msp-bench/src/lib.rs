@@ -2,9 +2,10 @@
 //!
 //! It starts `msp-host` and `gpa run` from the built binaries, with the redirector on a child cgroup the bench
 //! owns, and drives the same IMDS request through the agent (redirected, authorized, signed, verified by the
-//! host) and direct to the host (endpoint disabled), in alternating rounds, from worker processes
-//! ([`worker`]). It reports rates, latency percentiles, the latency the agent adds, the agent's CPU per
-//! request and memory, the stripped binary's size and cold starts, as JSON and Markdown ([`report`]).
+//! host), direct to the host (endpoint disabled), and through a bare relay that only copies bytes ([`relay`],
+//! the floor of any local proxy), in alternating rounds, from worker processes ([`worker`]). It reports rates,
+//! latency percentiles, the latency the agent adds, the agent's CPU per request and memory, the stripped
+//! binary's size and cold starts, as JSON and Markdown ([`report`]).
 //!
 //! Traffic goes only to loopback addresses. This crate must never leave a process or a cgroup behind
 //! ([`cleanup`]), or report a run in which a request failed as a success.
@@ -16,6 +17,7 @@ pub mod driver;
 pub mod http;
 pub mod procfs;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod stack;
 pub mod stats;

@@ -19,7 +19,7 @@ use msp_bench::stack::Binaries;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Rounds per side and workload (alternating: agent, direct, agent, …).
+    /// Rounds per side and workload (alternating: agent, direct, bare relay, agent, …).
     #[arg(long, default_value_t = 4)]
     rounds: usize,
     /// Measured time per round, milliseconds.
@@ -43,6 +43,10 @@ struct Cli {
     /// Only these workloads (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The bare relay's way for every workload (default: a thread per direction for keep-alive workloads of up
+    /// to 8 connections, the agent's runtime for the others).
+    #[arg(long, value_enum)]
+    relay_mode: Option<msp_bench::relay::Mode>,
     /// The gpa binary (default: next to msp-bench).
     #[arg(long)]
     gpa: Option<PathBuf>,
@@ -59,18 +63,42 @@ enum Command {
     /// The load generator (started by the bench itself; its spec comes on standard input).
     #[command(hide = true)]
     Worker,
+    /// The bare relay, the floor of a local proxy (started by the bench itself): prints `listening <address>`.
+    #[command(hide = true)]
+    Relay {
+        /// Where every connection is relayed to.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// The source address of the relayed connections.
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        #[arg(long, value_enum)]
+        mode: msp_bench::relay::Mode,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Worker) = cli.command {
-        return match msp_bench::worker::main() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("msp-bench worker: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Command::Worker) => {
+            return match msp_bench::worker::main() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("msp-bench worker: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Relay { to, from, mode }) => {
+            return match msp_bench::relay::main(to, from, mode) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("msp-bench relay: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let cleanup = Cleanup::default();
     if let Err(e) = cleanup.install_signal_thread() {
@@ -107,6 +135,7 @@ fn main() -> ExitCode {
         scale: cli.scale,
         cold_starts: cli.cold_starts,
         only: cli.only,
+        relay_mode: cli.relay_mode,
         bins: Binaries {
             gpa: cli.gpa.unwrap_or_else(|| here.join("gpa")),
             host: cli.msp_host.unwrap_or_else(|| here.join("msp-host")),

@@ -30,17 +30,23 @@ pub mod target {
     pub const COLD_START_MS: f64 = 50.0;
 }
 
-/// One workload, both sides.
+/// One workload, every side.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
     pub name: String,
     pub title: String,
     pub agent: Side,
     pub direct: Side,
+    /// Through the bare relay (`relay`): its `agent_cpu_us` is the relay's CPU.
+    pub relay: Side,
     /// Agent requests/s over direct requests/s.
     pub ratio: f64,
     /// Agent latency minus direct latency, microseconds.
     pub added_us: Percentiles,
+    /// Bare relay requests/s over direct requests/s.
+    pub relay_ratio: f64,
+    /// Bare relay latency minus direct latency, microseconds.
+    pub relay_added_us: Percentiles,
     pub load_average_before: [f64; 3],
     pub load_average_after: [f64; 3],
 }
@@ -50,27 +56,42 @@ impl WorkloadResult {
         w: &Workload,
         agent: Side,
         direct: Side,
+        relay: Side,
         before: [f64; 3],
         after: [f64; 3],
     ) -> WorkloadResult {
+        let ratio = |s: &Side| {
+            if direct.rps > 0.0 {
+                s.rps / direct.rps
+            } else {
+                0.0
+            }
+        };
         WorkloadResult {
             name: w.name.to_owned(),
             title: w.title.to_owned(),
-            ratio: if direct.rps > 0.0 {
-                agent.rps / direct.rps
-            } else {
-                0.0
-            },
+            ratio: ratio(&agent),
             added_us: agent.latency_us.minus(&direct.latency_us),
+            relay_ratio: ratio(&relay),
+            relay_added_us: relay.latency_us.minus(&direct.latency_us),
             agent,
             direct,
+            relay,
             load_average_before: before,
             load_average_after: after,
         }
     }
 
     pub fn failed(&self) -> u64 {
-        self.agent.failed + self.direct.failed
+        self.agent.failed + self.direct.failed + self.relay.failed
+    }
+
+    /// Every side made requests and none failed.
+    fn succeeded(&self) -> bool {
+        self.failed() == 0
+            && [&self.agent, &self.direct, &self.relay]
+                .iter()
+                .all(|s| s.requests > 0)
     }
 }
 
@@ -192,10 +213,7 @@ impl Report {
         let mut cs = self.agent.cold_start_ms.clone();
         cs.sort_by(f64::total_cmp);
         self.agent.cold_start_median_ms = cs.get(cs.len() / 2).copied().unwrap_or(0.0);
-        self.all_succeeded = self
-            .workloads
-            .iter()
-            .all(|w| w.failed() == 0 && w.agent.requests > 0 && w.direct.requests > 0)
+        self.all_succeeded = self.workloads.iter().all(WorkloadResult::succeeded)
             && self
                 .scale
                 .as_ref()
@@ -251,77 +269,124 @@ impl Report {
                 w.load_average_after[0],
             );
         }
-        md.push_str("\n| target | measured | verdict |\n|---|--:|---|\n");
-        let mut row = |what: &str, measured: String, ok: Option<bool>| {
-            let verdict = match ok {
-                Some(true) => "met",
-                Some(false) => "**missed**",
-                None => "not measured",
+        md.push_str(
+            "\nThe floor of a local proxy: the bare relay only copies bytes between the client and a connection to \
+             the host (no HTTP, identity, rules or signing), so what it adds over direct is the second loopback \
+             hop itself.\n\n\
+             | workload | bare relay req/s | ratio | added p50 / p99 µs | relay CPU µs/req | agent ÷ relay | agent over relay p50 µs | agent CPU over relay µs/req |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|\n",
+        );
+        for w in &self.workloads {
+            let r = &w.relay;
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2}× | {:+.0} / {:+.0} | {:.1} | {:.2}× | {:+.0} | {:+.1} |",
+                w.title,
+                r.rps,
+                w.relay_ratio,
+                w.relay_added_us.p50,
+                w.relay_added_us.p99,
+                r.agent_cpu_us,
+                if r.rps > 0.0 {
+                    w.agent.rps / r.rps
+                } else {
+                    0.0
+                },
+                w.agent.latency_us.p50 - r.latency_us.p50,
+                w.agent.agent_cpu_us - r.agent_cpu_us,
+            );
+        }
+        md.push_str("\n| target | measured | bare relay | verdict |\n|---|--:|--:|---|\n");
+        // `floor`: the bare relay's figure and whether it meets the target; a target the relay misses too is
+        // out of reach of any local proxy on this machine.
+        let mut row =
+            |what: &str, measured: String, floor: Option<(String, bool)>, ok: Option<bool>| {
+                let verdict = match (ok, &floor) {
+                    (Some(true), _) => "met",
+                    (Some(false), Some((_, false))) => "**missed**, and by the bare relay too",
+                    (Some(false), _) => "**missed**",
+                    (None, _) => "not measured",
+                };
+                let floor = floor.map_or_else(|| "–".to_owned(), |(f, _)| f);
+                let _ = writeln!(md, "| {what} | {measured} | {floor} | {verdict} |");
             };
-            let _ = writeln!(md, "| {what} | {measured} | {verdict} |");
-        };
         let find = |name: &str| self.workloads.iter().find(|w| w.name == name);
-        let ka = self
-            .workloads
-            .iter()
-            .filter(|w| w.name.starts_with("keepalive"));
-        let worst_cpu = ka
-            .map(|w| w.agent.agent_cpu_us)
-            .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+        let worst = |cpu: fn(&WorkloadResult) -> f64| {
+            self.workloads
+                .iter()
+                .filter(|w| w.name.starts_with("keepalive"))
+                .map(cpu)
+                .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))))
+        };
+        let worst_cpu = worst(|w| w.agent.agent_cpu_us);
+        let cpu_ok = |c: f64| c <= target::AGENT_CPU_US;
         row(
             &format!(
                 "agent CPU per proxied request ≤ {} µs (worst keep-alive workload)",
                 target::AGENT_CPU_US
             ),
             worst_cpu.map_or_else(|| "–".into(), |c| format!("{c:.1} µs")),
-            worst_cpu.map(|c| c <= target::AGENT_CPU_US),
+            worst(|w| w.relay.agent_cpu_us).map(|c| (format!("{c:.1} µs"), cpu_ok(c))),
+            worst_cpu.map(cpu_ok),
         );
+        let us = |v: f64| format!("{v:+.1} µs");
+        let times = |v: f64| format!("{v:.2}×");
         if let Some(w) = find("keepalive-1") {
+            let p50_ok = |v: f64| v <= target::KA1_ADDED_P50_US;
             row(
                 &format!(
                     "keep-alive 1 conn: added p50 ≤ +{} µs",
                     target::KA1_ADDED_P50_US
                 ),
-                format!("{:+.1} µs", w.added_us.p50),
-                Some(w.added_us.p50 <= target::KA1_ADDED_P50_US),
+                us(w.added_us.p50),
+                Some((us(w.relay_added_us.p50), p50_ok(w.relay_added_us.p50))),
+                Some(p50_ok(w.added_us.p50)),
             );
+            let p99_ok = |v: f64| v <= target::KA1_ADDED_P99_US;
             row(
                 &format!(
                     "keep-alive 1 conn: added p99 ≤ +{} µs",
                     target::KA1_ADDED_P99_US
                 ),
-                format!("{:+.1} µs", w.added_us.p99),
-                Some(w.added_us.p99 <= target::KA1_ADDED_P99_US),
+                us(w.added_us.p99),
+                Some((us(w.relay_added_us.p99), p99_ok(w.relay_added_us.p99))),
+                Some(p99_ok(w.added_us.p99)),
             );
+            let ratio_ok = |v: f64| v >= target::KA1_RATIO;
             row(
                 &format!(
                     "keep-alive 1 conn: throughput ≥ {}× direct",
                     target::KA1_RATIO
                 ),
-                format!("{:.2}×", w.ratio),
-                Some(w.ratio >= target::KA1_RATIO),
+                times(w.ratio),
+                Some((times(w.relay_ratio), ratio_ok(w.relay_ratio))),
+                Some(ratio_ok(w.ratio)),
             );
         }
         if let Some(w) = find("keepalive-64") {
+            let ratio_ok = |v: f64| v >= target::KA64_RATIO;
             row(
                 &format!(
                     "keep-alive 64 conns: throughput ≥ {}× direct",
                     target::KA64_RATIO
                 ),
-                format!("{:.2}×", w.ratio),
-                Some(w.ratio >= target::KA64_RATIO),
+                times(w.ratio),
+                Some((times(w.relay_ratio), ratio_ok(w.relay_ratio))),
+                Some(ratio_ok(w.ratio)),
             );
         }
         for name in ["newconn-1", "newconn-8"] {
             if let Some(w) = find(name) {
+                let p50_ok = |v: f64| v <= target::NEWCONN_ADDED_P50_US;
                 row(
                     &format!(
                         "{}: added p50 ≤ +{} µs",
                         w.title,
                         target::NEWCONN_ADDED_P50_US
                     ),
-                    format!("{:+.1} µs", w.added_us.p50),
-                    Some(w.added_us.p50 <= target::NEWCONN_ADDED_P50_US),
+                    us(w.added_us.p50),
+                    Some((us(w.relay_added_us.p50), p50_ok(w.relay_added_us.p50))),
+                    Some(p50_ok(w.added_us.p50)),
                 );
             }
         }
@@ -330,11 +395,13 @@ impl Report {
         row(
             "agent RSS idle ≤ 8 MiB",
             mib(a.rss_idle_bytes),
+            None,
             Some(a.rss_idle_bytes <= target::RSS_IDLE),
         );
         row(
             "agent RSS peak after the workloads (no target; reference 40 MB)",
             mib(a.rss_peak_bytes),
+            None,
             None,
         );
         if let Some(s) = &self.scale {
@@ -359,6 +426,7 @@ impl Report {
                     s.held,
                     s.per_connection_bytes / 1024.0,
                 ),
+                None,
                 Some(s.agent_rss_bytes <= target::RSS_SCALE && s.held as usize == s.connections),
             );
             if s.connections < TARGET_CONNECTIONS {
@@ -369,6 +437,7 @@ impl Report {
                         "agent RSS at {TARGET_CONNECTIONS} connections, extrapolated per connection ≤ 32 MiB"
                     ),
                     mib(at_target as u64),
+                    None,
                     Some(at_target <= target::RSS_SCALE as f64),
                 );
             }
@@ -376,6 +445,7 @@ impl Report {
         row(
             "stripped gpa ≤ 5 MiB",
             mib(a.stripped_binary_bytes),
+            None,
             (a.stripped_binary_bytes > 0).then_some(a.stripped_binary_bytes <= target::BINARY),
         );
         row(
@@ -396,6 +466,7 @@ impl Report {
                         .join(", ")
                 )
             },
+            None,
             (!a.cold_start_ms.is_empty())
                 .then_some(a.cold_start_median_ms <= target::COLD_START_MS),
         );

@@ -115,7 +115,7 @@ fn bench_smoke_root_every_workload_runs_and_reports() {
         ]
     );
     for w in workloads {
-        for side in ["agent", "direct"] {
+        for side in ["agent", "direct", "relay"] {
             assert!(
                 w[side]["requests"].as_u64().unwrap() >= 300,
                 "{}: {side}: {w:#}",
@@ -130,6 +130,7 @@ fn bench_smoke_root_every_workload_runs_and_reports() {
 
     let md = std::fs::read_to_string(out.path().join("bench.md")).unwrap();
     assert!(md.contains("| keep-alive, 1 connection |"), "{md}");
+    assert!(md.contains("The floor of a local proxy"), "{md}");
     assert!(md.contains("Every request succeeded: yes."), "{md}");
     assert_eq!(stdout.trim(), md.trim());
 }

@@ -1,0 +1,95 @@
+//! The bare relay (`msp-bench relay`), the floor the bench measures the agent against, in both of its ways:
+//! every byte arrives in both directions, the upstream sees the `--from` address, and an end of sending on
+//! either side reaches the other. A relay that lost or held back bytes would make the floor look better than
+//! any proxy can be. Loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A response larger than the relay's buffer, so it takes several reads and writes.
+const RESPONSE: usize = 200 * 1024;
+
+/// The relay process, killed by pid on drop (also when an assertion fails).
+struct Relay(Child, SocketAddr);
+
+impl Relay {
+    fn start(to: SocketAddr, mode: &str) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_msp-bench"))
+            .args(["relay", "--to", &to.to_string(), "--from", "127.0.0.2"])
+            .args(["--mode", mode])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn msp-bench relay");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("expected `listening <address>`, got {line:?}");
+        };
+        Relay(child, addr)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One exchange through the relay: request, a large response, the client ends, the upstream sees the end.
+fn relays_both_ways(mode: &str) {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = Relay::start(upstream.local_addr().unwrap(), mode);
+
+    let mut client = TcpStream::connect(relay.1).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"ping").unwrap();
+
+    let (mut inner, from) = upstream.accept().unwrap();
+    inner
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(from.ip().to_string(), "127.0.0.2", "{mode}: source address");
+    let mut request = [0u8; 4];
+    inner.read_exact(&mut request).unwrap();
+    assert_eq!(&request, b"ping", "{mode}");
+    let response: Vec<u8> = (0..RESPONSE).map(|i| (i % 251) as u8).collect();
+    inner.write_all(&response).unwrap();
+
+    let mut got = vec![0u8; RESPONSE];
+    client.read_exact(&mut got).unwrap();
+    assert!(got == response, "{mode}: the response arrived altered");
+
+    // The client's end of sending reaches the upstream as end of stream, nothing after the request.
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    inner.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{mode}: {} stray bytes", rest.len());
+    // And the upstream's close reaches the client.
+    drop(inner);
+    let mut tail = Vec::new();
+    client.read_to_end(&mut tail).unwrap();
+    assert!(tail.is_empty(), "{mode}: {} stray bytes", tail.len());
+}
+
+#[test]
+fn the_threaded_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
+    relays_both_ways("threads");
+}
+
+#[test]
+fn the_tokio_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
+    relays_both_ways("tokio");
+}
