@@ -674,3 +674,60 @@ async fn g1_a_pooled_box_carries_nothing_from_one_connection_to_the_next() {
     assert!(!b.head_text().contains("secret"), "{}", b.head_text());
     t.stop().await;
 }
+
+/// Response bodies larger than the agent's read size (history item 28 reads up to 64 KiB at a time and writes
+/// body bytes straight from the upstream buffer) arrive whole and unaltered whatever their framing, and a body
+/// with a length or chunks ends exactly where it should: the same connection then carries the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_arrive_whole_by_length_by_chunks_and_until_close() {
+    const SIZE: usize = 300 * 1024;
+    let t = TestAgent::start(Options::default()).await;
+    t.ready().await;
+    let h = t.imds();
+    let body: Vec<u8> = (0..SIZE).map(|i| b'a' + (i % 23) as u8).collect();
+
+    let mut by_length = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n").into_bytes();
+    by_length.extend_from_slice(&body);
+    let mut by_chunks = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut at = 0;
+    for size in [1, 4095, 70_000, 5, 65_536, 100_000].into_iter().cycle() {
+        let end = (at + size).min(SIZE);
+        by_chunks.extend_from_slice(format!("{:x}\r\n", end - at).as_bytes());
+        by_chunks.extend_from_slice(&body[at..end]);
+        by_chunks.extend_from_slice(b"\r\n");
+        at = end;
+        if at == SIZE {
+            break;
+        }
+    }
+    by_chunks.extend_from_slice(b"0\r\n\r\n");
+
+    let mut client = t.connect(h, Who::Root).await;
+    for (framing, reply) in [("length", by_length), ("chunks", by_chunks)] {
+        t.recorder.set_reply(Reply::Bytes(reply));
+        tokio::io::AsyncWriteExt::write_all(&mut client, &get("/metadata/large", h))
+            .await
+            .unwrap();
+        let r = read_response(&mut client).await;
+        assert_eq!(r.status, 200, "{framing}: {}", r.head);
+        assert!(r.body == body, "{framing}: the body arrived altered");
+        assert_eq!(
+            r.header("x-ms-azure-host-authorization").as_deref(),
+            Some("value")
+        );
+    }
+    t.recorder.set_reply(Reply::Bytes(OK_REPLY.to_vec()));
+    tokio::io::AsyncWriteExt::write_all(&mut client, &get("/metadata/after", h))
+        .await
+        .unwrap();
+    let r = read_response(&mut client).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{}", r.head);
+
+    let mut until_close = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    until_close.extend_from_slice(&body);
+    t.recorder.set_reply(Reply::BytesThenClose(until_close));
+    let r = t.send(h, Who::Root, &get("/metadata/large", h)).await;
+    assert_eq!(r.status, 200, "until close: {}", r.head);
+    assert!(r.body == body, "until close: the body arrived altered");
+    t.stop().await;
+}

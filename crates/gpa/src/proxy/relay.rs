@@ -21,7 +21,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::chunked::ChunkedDecoder;
 use super::head::{parse_decimal, trim_ows};
 use super::limits::{
-    INITIAL_BUFFER, MAX_INTERIM_RESPONSES, MAX_RESPONSE_FIELDS, MAX_RESPONSE_HEAD_BYTES,
+    BODY_READ, INITIAL_BUFFER, MAX_INTERIM_RESPONSES, MAX_RESPONSE_FIELDS, MAX_RESPONSE_HEAD_BYTES,
 };
 
 /// The relay marker (spec §3.6).
@@ -299,6 +299,7 @@ async fn relay_body(
         _ => 0,
     };
     let mut chunked = ChunkedDecoder::default();
+    let mut relayed = 0;
     loop {
         // Move what belongs to this response from the upstream buffer to the client.
         let (take, done) = match body {
@@ -324,16 +325,27 @@ async fn relay_body(
             }
             Body::UntilClose => (buf.len(), false),
         };
-        out.extend_from_slice(buf.get(..take).unwrap_or_default());
-        buf.advance(take);
-        if !out.is_empty() {
+        // The head goes out with the body's first bytes; later body bytes go out straight from `buf`.
+        let bytes = buf.get(..take).unwrap_or_default();
+        if out.is_empty() {
+            if !bytes.is_empty() {
+                write_all(client, bytes, x.write_timeout).await?;
+            }
+        } else {
+            out.extend_from_slice(bytes);
             write_client(client, out, x.write_timeout).await?;
         }
+        buf.advance(take);
+        relayed += take;
         if done {
             // Stray bytes after a complete response: the connection is no longer in a known state.
             return Ok(buf.is_empty());
         }
-        buf.reserve(INITIAL_BUFFER);
+        let room = match body {
+            Body::Length(_) => usize::try_from(remaining).unwrap_or(usize::MAX),
+            _ => relayed,
+        };
+        buf.reserve(room.clamp(INITIAL_BUFFER, BODY_READ));
         match timeout(x.response_timeout, up.stream.read_buf(buf)).await {
             Ok(Ok(0)) if body == Body::UntilClose => return Ok(false),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(()),
@@ -342,14 +354,20 @@ async fn relay_body(
     }
 }
 
+/// Writes `out` to the client within `limit`, then empties it.
 async fn write_client(
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     limit: Duration,
 ) -> Result<(), ()> {
-    let result = timeout(limit, client.write_all(out)).await;
+    let result = write_all(client, out, limit).await;
     out.clear();
-    match result {
+    result
+}
+
+/// Writes all of `bytes` to the client within `limit`.
+async fn write_all(client: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+    match timeout(limit, client.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
