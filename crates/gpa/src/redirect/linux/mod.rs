@@ -393,8 +393,23 @@ fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, Redire
         fingerprint,
         own,
     } = *load;
-    let offsets = kernel_btf::offsets(KERNEL_BTF)?;
-    let mut loader = EbpfLoader::new();
+    // aya parses the whole kernel BTF in `EbpfLoader::new` (26–42 ms here, most of a start); our own scan for the
+    // field offsets (3–6 ms) runs beside it instead of before it (BENCHMARKS.md, history item 30).
+    let (offsets, mut loader) = std::thread::scope(|scope| {
+        let scan = std::thread::Builder::new()
+            .name("gpa-btf-scan".into())
+            .spawn_scoped(scope, || kernel_btf::offsets(KERNEL_BTF));
+        let loader = EbpfLoader::new();
+        let offsets = match scan {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| kernel_btf::offsets(KERNEL_BTF)),
+            // No thread to spare: scan here, after aya's parse, as before.
+            Err(_) => kernel_btf::offsets(KERNEL_BTF),
+        };
+        (offsets, loader)
+    });
+    let offsets = offsets?;
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
     for (global, offset) in offsets.globals() {
         loader.override_global(global, offset, true);
