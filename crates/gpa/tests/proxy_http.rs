@@ -722,6 +722,11 @@ async fn large_responses_arrive_whole_by_length_by_chunks_and_until_close() {
         .unwrap();
     let r = read_response(&mut client).await;
     assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{}", r.head);
+    assert_eq!(
+        t.recorder.connection_count(),
+        1,
+        "each large response left the upstream connection clean for the next request"
+    );
 
     let mut until_close = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
     until_close.extend_from_slice(&body);

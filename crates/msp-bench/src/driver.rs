@@ -73,8 +73,16 @@ pub enum BenchError {
     },
     #[error("the agent or the host exited during the run (logs in {0})")]
     Died(String),
-    #[error("bare relay: {0}")]
-    Relay(String),
+    #[error("bare relay: {step}: {source}")]
+    Relay {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bare relay: expected `listening <address>` on its standard output, got {0:?}")]
+    RelayAnnounce(String),
+    #[error("the bare relay exited during the run (log: {0})")]
+    RelayDied(String),
     #[error("unknown workload {0:?}")]
     UnknownWorkload(String),
 }
@@ -218,7 +226,7 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
                 "apply the allowlist",
             )?;
         }
-        let relay = Relay::start(
+        let mut relay = Relay::start(
             stack.dir.as_path(),
             stack.addrs.imds,
             opts.relay_mode.unwrap_or_else(|| relay_mode(w)),
@@ -227,7 +235,11 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
         let (mut agent, mut direct, mut bare) =
             (SideAcc::default(), SideAcc::default(), SideAcc::default());
         for round in 0..opts.rounds {
-            for route in [Route::Agent, Route::Direct, Route::Relay(&relay)] {
+            let bare_relay = Route::Relay {
+                addr: relay.addr,
+                pid: relay.proc.pid(),
+            };
+            for route in [Route::Agent, Route::Direct, bare_relay] {
                 progress.step(&format!(
                     "{} {} round {}/{}",
                     w.name,
@@ -239,10 +251,14 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
                 if !stack.healthy() {
                     return Err(BenchError::Died(stack.dir.display().to_string()));
                 }
+                if !relay.proc.running() {
+                    let log = stack.dir.join(RELAY_LOG);
+                    return Err(BenchError::RelayDied(log.display().to_string()));
+                }
                 match route {
                     Route::Agent => agent.add(outcome),
                     Route::Direct => direct.add(outcome),
-                    Route::Relay(_) => bare.add(outcome),
+                    Route::Relay { .. } => bare.add(outcome),
                 }
             }
         }
@@ -292,21 +308,25 @@ fn request(stack: &Stack, target: &str) -> String {
 
 /// The way a round's requests go to the host.
 #[derive(Clone, Copy)]
-enum Route<'a> {
+enum Route {
     /// Redirected to the agent: authorized, signed, verified by the host.
     Agent,
     /// Straight to the host, from the `direct` VM's address.
     Direct,
-    /// Through the bare relay, which connects to the host from the `direct` VM's address.
-    Relay(&'a Relay),
+    /// Through the bare relay (listening on `addr`, process `pid`), which connects to the host from the `direct`
+    /// VM's address.
+    Relay {
+        addr: std::net::SocketAddr,
+        pid: u32,
+    },
 }
 
-impl Route<'_> {
+impl Route {
     fn name(self) -> &'static str {
         match self {
             Route::Agent => "agent",
             Route::Direct => "direct",
-            Route::Relay(_) => "bare relay",
+            Route::Relay { .. } => "bare relay",
         }
     }
 }
@@ -315,14 +335,14 @@ fn run_round(
     stack: &Stack,
     opts: &Options,
     w: &Workload,
-    route: Route<'_>,
+    route: Route,
     cleanup: &Cleanup,
 ) -> Result<Outcome, BenchError> {
     let agent = stack.agent_pid().unwrap_or(0);
     let (target, bind, watched) = match route {
         Route::Agent => (stack.addrs.imds, None, agent),
         Route::Direct => (stack.addrs.imds, Some(DIRECT_SOURCE), agent),
-        Route::Relay(r) => (r.addr, None, r.proc.pid()),
+        Route::Relay { addr, pid } => (addr, None, pid),
     };
     let through_agent = matches!(route, Route::Agent);
     let spec = Spec {
@@ -346,6 +366,9 @@ fn run_round(
     worker.outcome()
 }
 
+/// Where the bare relay's standard error goes, in the run's directory.
+const RELAY_LOG: &str = "relay.log";
+
 /// The bare relay of one workload: a `msp-bench relay` process, stopped on drop.
 struct Relay {
     proc: Proc,
@@ -359,13 +382,13 @@ impl Relay {
         mode: relay::Mode,
         cleanup: &Cleanup,
     ) -> Result<Relay, BenchError> {
-        let fail = |e: String| BenchError::Relay(e);
-        let exe = std::env::current_exe().map_err(|e| fail(format!("current_exe: {e}")))?;
+        let fail = |step| move |source| BenchError::Relay { step, source };
+        let exe = std::env::current_exe().map_err(fail("current_exe"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("relay.log"))
-            .map_err(|e| fail(format!("relay.log: {e}")))?;
+            .open(dir.join(RELAY_LOG))
+            .map_err(fail(RELAY_LOG))?;
         let mode_arg = match mode {
             relay::Mode::Threads => "threads",
             relay::Mode::Tokio => "tokio",
@@ -379,21 +402,21 @@ impl Relay {
                 .stderr(log),
             cleanup,
         )
-        .map_err(|e| fail(format!("spawn: {e}")))?;
-        let stdout = proc
-            .child_mut()
-            .stdout
-            .take()
-            .ok_or_else(|| fail("no pipe".into()))?;
+        .map_err(fail("spawn"))?;
+        let stdout =
+            proc.child_mut().stdout.take().ok_or_else(|| {
+                fail("stdout")(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            })?;
+        // The relay announces its address as soon as it listens, or exits (its stdout then ends).
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
-            .map_err(|e| fail(format!("stdout: {e}")))?;
+            .map_err(fail("stdout"))?;
         let addr = line
             .trim()
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok())
-            .ok_or_else(|| fail(format!("expected `listening <address>`, got {line:?}")))?;
+            .ok_or_else(|| BenchError::RelayAnnounce(line.clone()))?;
         Ok(Relay { proc, addr })
     }
 }

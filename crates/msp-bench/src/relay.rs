@@ -22,7 +22,8 @@ use crate::worker::connect;
 
 /// Buffer per direction, bytes (a 64 KiB response passes in one read when the socket has it all).
 const BUFFER: usize = 64 * 1024;
-/// Tokio worker threads at most: the agent's own cap (`gpa`'s runtime), so the floor runs the runtime it has.
+/// Tokio worker threads at most: the agent's own cap (`MAX_WORKER_THREADS` in `crates/gpa/src/main.rs`, private
+/// there), so the floor runs the runtime the agent has.
 const MAX_WORKER_THREADS: usize = 4;
 
 /// How the relay moves bytes.
@@ -38,6 +39,12 @@ pub enum Mode {
 /// Binds a loopback port, prints `listening <address>` on standard output, and relays every connection to
 /// `to`, connecting from `from`, until the process is stopped.
 pub fn main(to: SocketAddr, from: Ipv4Addr, mode: Mode) -> std::io::Result<()> {
+    if !to.ip().is_loopback() || !from.is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("--to {to} and --from {from} must be loopback addresses"),
+        ));
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening {}", listener.local_addr()?)?;

@@ -11,38 +11,46 @@ use std::time::Duration;
 /// A response larger than the relay's buffer, so it takes several reads and writes.
 const RESPONSE: usize = 200 * 1024;
 
-/// The relay process, killed by pid on drop (also when an assertion fails).
-struct Relay(Child, SocketAddr);
+/// The relay process, killed by pid on drop (also when an assertion fails, from the moment it is spawned).
+struct Relay {
+    child: Child,
+    addr: Option<SocketAddr>,
+}
 
 impl Relay {
     fn start(to: SocketAddr, mode: &str) -> Relay {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_msp-bench"))
+        let child = Command::new(env!("CARGO_BIN_EXE_msp-bench"))
             .args(["relay", "--to", &to.to_string(), "--from", "127.0.0.2"])
             .args(["--mode", mode])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn msp-bench relay");
+        let mut relay = Relay { child, addr: None };
+        let stdout = relay.child.stdout.take().expect("piped stdout");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(stdout)
             .read_line(&mut line)
-            .unwrap();
-        let addr = line
+            .expect("the relay's first line");
+        relay.addr = line
             .trim()
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("expected `listening <address>`, got {line:?}");
-        };
-        Relay(child, addr)
+        assert!(
+            relay.addr.is_some(),
+            "expected `listening <address>`, got {line:?}"
+        );
+        relay
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr.expect("checked in start")
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -51,7 +59,7 @@ fn relays_both_ways(mode: &str) {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let relay = Relay::start(upstream.local_addr().unwrap(), mode);
 
-    let mut client = TcpStream::connect(relay.1).unwrap();
+    let mut client = TcpStream::connect(relay.addr()).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -92,4 +100,20 @@ fn the_threaded_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
 #[test]
 fn the_tokio_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
     relays_both_ways("tokio");
+}
+
+#[test]
+fn the_relay_refuses_to_relay_anywhere_but_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_msp-bench"))
+        .args(["relay", "--to", "192.0.2.1:80", "--from", "127.0.0.2"])
+        .args(["--mode", "threads"])
+        .output()
+        .expect("run msp-bench relay");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be loopback"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "it must not listen");
 }

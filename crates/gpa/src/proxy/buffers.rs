@@ -41,13 +41,7 @@ impl Buffers {
     /// its vectors' capacity (bounded by the header-count limit).
     fn recycle(&mut self) {
         for b in [&mut self.rbuf, &mut self.ubuf] {
-            b.clear();
-            // `capacity()` counts only the room after the read position, which `clear` leaves where the last
-            // `advance` put it: on an emptied buffer `try_reclaim` rewinds to the start, and succeeds only when
-            // the whole allocation is larger than the limit.
-            if b.try_reclaim(POOLED_BUFFER_MAX + 1) {
-                *b = BytesMut::new();
-            }
+            clear_and_trim(b);
         }
         for v in self.byte_vectors() {
             v.clear();
@@ -65,13 +59,27 @@ impl Buffers {
         ]
     }
 
-    /// Frees the byte vectors that grew past [`POOLED_BUFFER_MAX`]; the others keep their bytes.
+    /// Frees the byte vectors and the upstream buffer that grew past [`POOLED_BUFFER_MAX`] (a large response
+    /// grows the upstream buffer to 64 KiB); the others keep their bytes. The upstream buffer is empty between
+    /// responses: it is cleared before each one is read.
     fn trim_vectors(&mut self) {
+        clear_and_trim(&mut self.ubuf);
         for v in self.byte_vectors() {
             if v.capacity() > POOLED_BUFFER_MAX {
                 *v = Vec::new();
             }
         }
+    }
+}
+
+/// Empties `b`, and frees its allocation when that is larger than [`POOLED_BUFFER_MAX`].
+fn clear_and_trim(b: &mut BytesMut) {
+    b.clear();
+    // `capacity()` counts only the room after the read position, which `clear` leaves where the last `advance`
+    // put it: on an emptied buffer `try_reclaim` rewinds to the start, and succeeds only when the whole
+    // allocation is larger than the limit.
+    if b.try_reclaim(POOLED_BUFFER_MAX + 1) {
+        *b = BytesMut::new();
     }
 }
 
@@ -201,10 +209,15 @@ mod tests {
         let mut conn = OnDemand::default();
         conn.rbuf.extend_from_slice(b"GET / HTTP/1.1\r\n"); // the next request, already here
         conn.out.reserve(POOLED_BUFFER_MAX * 4);
+        conn.ubuf.reserve(POOLED_BUFFER_MAX * 8); // what a 64 KiB response leaves behind
         conn.release();
         assert!(conn.is_held(), "pipelined bytes stay with their connection");
         assert_eq!(&conn.rbuf[..], b"GET / HTTP/1.1\r\n");
         assert!(conn.out.capacity() <= POOLED_BUFFER_MAX);
+        assert!(
+            !conn.ubuf.try_reclaim(POOLED_BUFFER_MAX + 1),
+            "a held box keeps no large upstream buffer"
+        );
 
         conn.rbuf.clear();
         conn.ubuf.reserve(POOLED_BUFFER_MAX * 4);

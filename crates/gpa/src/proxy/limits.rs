@@ -29,10 +29,11 @@ pub const MAX_TRAILERS: usize = 16 * 1024;
 pub const MAX_INTERIM_RESPONSES: usize = 8;
 /// Initial per-connection buffer, in bytes; it grows to the head and body limits only when a request needs it.
 pub const INITIAL_BUFFER: usize = 4 * 1024;
-/// Most bytes read from the upstream at once for a response body. A large body then moves in a few reads and
-/// writes (a 64 KiB response in one or two, not sixteen), each a wake-up of the client. The room is sized to the
-/// body's remaining length, or doubles with what a body of unknown length has delivered; a buffer grown past
-/// [`POOLED_BUFFER_MAX`] is freed after the response, not pooled.
+/// Room made, at most, for each read of a response body: what remains of a body of known length, or what a
+/// chunked or close-delimited body has delivered so far, and at least [`INITIAL_BUFFER`] (a read may get more
+/// when the buffer's allocation already has it). A large body then moves in a few reads and writes (a 64 KiB
+/// response in one or two, not sixteen), each a wake-up of the client. The upstream buffer is freed, not kept,
+/// once a response leaves it larger than [`POOLED_BUFFER_MAX`].
 pub const BODY_READ: usize = 64 * 1024;
 /// Request-buffer boxes pooled per runtime thread (catalog G1): requests in flight beyond it allocate their own,
 /// freed afterwards. With [`POOLED_BUFFER_MAX`], a thread's pool holds at most 64 × 6 × 8 KiB = 3 MiB, however

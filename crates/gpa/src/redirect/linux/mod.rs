@@ -393,17 +393,19 @@ fn attach_fresh(load: &Load<'_>, pins: Option<&PinDir>) -> Result<Loaded, Redire
         fingerprint,
         own,
     } = *load;
-    // aya parses the whole kernel BTF in `EbpfLoader::new` (26–42 ms here, most of a start); our own scan for the
-    // field offsets (3–6 ms) runs beside it instead of before it (BENCHMARKS.md, history item 30).
+    // aya parses the whole kernel BTF in `EbpfLoader::new` (25–43 ms here, most of a start); our own scan for the
+    // field offsets (2.6–6.2 ms with its `mmap`) runs beside it instead of before it (BENCHMARKS.md, item 30).
     let (offsets, mut loader) = std::thread::scope(|scope| {
         let scan = std::thread::Builder::new()
             .name("gpa-btf-scan".into())
             .spawn_scoped(scope, || kernel_btf::offsets(KERNEL_BTF));
         let loader = EbpfLoader::new();
         let offsets = match scan {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|_| kernel_btf::offsets(KERNEL_BTF)),
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(RedirectError::KernelFields {
+                    source: "the kernel BTF scan stopped on a panic".into(),
+                })
+            }),
             // No thread to spare: scan here, after aya's parse, as before.
             Err(_) => kernel_btf::offsets(KERNEL_BTF),
         };
