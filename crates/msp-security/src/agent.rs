@@ -201,6 +201,30 @@ impl AgentProcess {
     }
 }
 
+/// Waits until process `pid` has freed its start-up parse of the kernel BTF (the agent's
+/// [`gpa::redirect::BTF_FREE_THREAD`] has ended), so a memory figure taken next does not count it. Panics after
+/// 10 s.
+pub fn wait_startup_memory_freed(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let freeing = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == gpa::redirect::BTF_FREE_THREAD)
+            })
+    };
+    while freeing() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} still frees its start-up memory after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `VmRSS` of a `/proc/<pid>/status` file, in KiB (0 when unreadable).
 pub fn rss_kib_of(status_file: &str) -> u64 {
     std::fs::read_to_string(status_file)

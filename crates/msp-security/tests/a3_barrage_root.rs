@@ -90,6 +90,7 @@ async fn a3_root_a_malformed_barrage_gets_exact_refusals_and_the_agent_stays_ali
         assert!(r.closed, "closed after {status}");
         r.response().assert_refusal(*status, reason);
     }
+    msp_security::agent::wait_startup_memory_freed(std::process::id());
     let before = rss_kib();
     for _ in 0..BARRAGE_ROUNDS {
         for (bytes, status, reason) in &cases {

@@ -70,6 +70,7 @@ async fn g1_root_1000_concurrent_keep_alive_connections_are_served_with_bounded_
         .many(t.host.imds, &keep_alive_get(&t), 20)
         .await;
     assert_eq!(warm.0["second_ok"], 20, "{:?}", warm.0);
+    msp_security::agent::wait_startup_memory_freed(agent.pid);
     let before = agent.rss_kib();
 
     let run = tokio::spawn(probe!().in_cgroup(&cgroup).many(

@@ -28,6 +28,14 @@ pub use record::{ConnRecord, Counters, ExeId, ProcessInstance};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The thread that frees aya's parse of the kernel BTF once a start is over (memory figures taken before it
+/// ends still count that parse).
+pub const BTF_FREE_THREAD: &str = "gpa-btf-free";
+/// How long that thread waits before freeing: longer than the rest of a start (program loads, attachments,
+/// listener, key restore, proxy start; ~10 ms here). Freeing ~15 MB of small allocations and trimming the heap
+/// beside them slowed a cold start by 6–9 ms on two cores (BENCHMARKS.md, history item 31).
+pub const BTF_FREE_DELAY: Duration = Duration::from_millis(100);
+
 /// Where the pins of a `closed` redirector live: `<PIN_ROOT>/<cgroup id>/` (spec §7.5).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/gpa";
 /// Where bpffs is mounted when it is not mounted yet (spec §7.5).

@@ -304,12 +304,13 @@ fn own_process() -> Result<OwnProcess, RedirectError> {
 
 /// Frees the loader, whose parse of the kernel BTF (~5 MB of file, ~15 MB parsed) is no longer needed once the
 /// object is loaded, and hands the freed pages back to the kernel: glibc keeps them resident until trimmed, and they
-/// were a quarter of the idle agent's RSS. Both take milliseconds, so they run on a short-lived thread, beside the
-/// program loads and off the path to enforcing; nothing waits for it.
+/// were a quarter of the idle agent's RSS. Both take milliseconds, so they run on a short-lived thread, off the path
+/// to enforcing, once the rest of the start is over ([`crate::redirect::BTF_FREE_DELAY`]); nothing waits for it.
 fn release_in_background(loader: EbpfLoader<'static>) {
     let spawned = std::thread::Builder::new()
-        .name("gpa-btf-free".into())
+        .name(crate::redirect::BTF_FREE_THREAD.into())
         .spawn(move || {
+            std::thread::sleep(crate::redirect::BTF_FREE_DELAY);
             drop(loader);
             trim_heap();
         });
