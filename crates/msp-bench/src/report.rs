@@ -331,62 +331,75 @@ impl Report {
         );
         let us = |v: f64| format!("{v:+.1} µs");
         let times = |v: f64| format!("{v:.2}×");
-        if let Some(w) = find("keepalive-1") {
-            let p50_ok = |v: f64| v <= target::KA1_ADDED_P50_US;
+        // One agent figure against its target, with the bare relay's beside it.
+        let mut paired = |what: String,
+                          show: fn(f64) -> String,
+                          ok: &dyn Fn(f64) -> bool,
+                          agent: f64,
+                          relay: f64| {
             row(
-                &format!(
+                &what,
+                show(agent),
+                Some((show(relay), ok(relay))),
+                Some(ok(agent)),
+            );
+        };
+        if let Some(w) = find("keepalive-1") {
+            paired(
+                format!(
                     "keep-alive 1 conn: added p50 ≤ +{} µs",
                     target::KA1_ADDED_P50_US
                 ),
-                us(w.added_us.p50),
-                Some((us(w.relay_added_us.p50), p50_ok(w.relay_added_us.p50))),
-                Some(p50_ok(w.added_us.p50)),
+                us,
+                &|v| v <= target::KA1_ADDED_P50_US,
+                w.added_us.p50,
+                w.relay_added_us.p50,
             );
-            let p99_ok = |v: f64| v <= target::KA1_ADDED_P99_US;
-            row(
-                &format!(
+            paired(
+                format!(
                     "keep-alive 1 conn: added p99 ≤ +{} µs",
                     target::KA1_ADDED_P99_US
                 ),
-                us(w.added_us.p99),
-                Some((us(w.relay_added_us.p99), p99_ok(w.relay_added_us.p99))),
-                Some(p99_ok(w.added_us.p99)),
+                us,
+                &|v| v <= target::KA1_ADDED_P99_US,
+                w.added_us.p99,
+                w.relay_added_us.p99,
             );
-            let ratio_ok = |v: f64| v >= target::KA1_RATIO;
-            row(
-                &format!(
+            paired(
+                format!(
                     "keep-alive 1 conn: throughput ≥ {}× direct",
                     target::KA1_RATIO
                 ),
-                times(w.ratio),
-                Some((times(w.relay_ratio), ratio_ok(w.relay_ratio))),
-                Some(ratio_ok(w.ratio)),
+                times,
+                &|v| v >= target::KA1_RATIO,
+                w.ratio,
+                w.relay_ratio,
             );
         }
         if let Some(w) = find("keepalive-64") {
-            let ratio_ok = |v: f64| v >= target::KA64_RATIO;
-            row(
-                &format!(
+            paired(
+                format!(
                     "keep-alive 64 conns: throughput ≥ {}× direct",
                     target::KA64_RATIO
                 ),
-                times(w.ratio),
-                Some((times(w.relay_ratio), ratio_ok(w.relay_ratio))),
-                Some(ratio_ok(w.ratio)),
+                times,
+                &|v| v >= target::KA64_RATIO,
+                w.ratio,
+                w.relay_ratio,
             );
         }
         for name in ["newconn-1", "newconn-8"] {
             if let Some(w) = find(name) {
-                let p50_ok = |v: f64| v <= target::NEWCONN_ADDED_P50_US;
-                row(
-                    &format!(
+                paired(
+                    format!(
                         "{}: added p50 ≤ +{} µs",
                         w.title,
                         target::NEWCONN_ADDED_P50_US
                     ),
-                    us(w.added_us.p50),
-                    Some((us(w.relay_added_us.p50), p50_ok(w.relay_added_us.p50))),
-                    Some(p50_ok(w.added_us.p50)),
+                    us,
+                    &|v| v <= target::NEWCONN_ADDED_P50_US,
+                    w.added_us.p50,
+                    w.relay_added_us.p50,
                 );
             }
         }

@@ -37,12 +37,11 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    /// Empties every buffer and frees those over [`POOLED_BUFFER_MAX`]; the parsed head is reset, keeping only
-    /// its vectors' capacity (bounded by the header-count limit).
+    /// Empties every buffer and frees those over [`POOLED_BUFFER_MAX`] (the upstream buffer through
+    /// [`Buffers::trim_vectors`]); the parsed head is reset, keeping only its vectors' capacity (bounded by the
+    /// header-count limit).
     fn recycle(&mut self) {
-        for b in [&mut self.rbuf, &mut self.ubuf] {
-            clear_and_trim(b);
-        }
+        clear_and_trim(&mut self.rbuf);
         for v in self.byte_vectors() {
             v.clear();
         }

@@ -327,13 +327,11 @@ async fn relay_body(
         };
         // The head goes out with the body's first bytes; later body bytes go out straight from `buf`.
         let bytes = buf.get(..take).unwrap_or_default();
-        if out.is_empty() {
-            if !bytes.is_empty() {
-                write_all(client, bytes, x.write_timeout).await?;
-            }
-        } else {
+        if !out.is_empty() {
             out.extend_from_slice(bytes);
             write_client(client, out, x.write_timeout).await?;
+        } else if !bytes.is_empty() {
+            write_all(client, bytes, x.write_timeout).await?;
         }
         buf.advance(take);
         relayed += take;
