@@ -81,6 +81,12 @@ impl Snapshot {
     pub fn date_header(&self) -> String {
         self.clock.date_header(Instant::now(), SystemTime::now())
     }
+
+    /// [`Snapshot::date_header`] into `buf`, for the request path: no allocation.
+    pub fn date_header_into<'b>(&self, buf: &'b mut [u8; 32]) -> &'b [u8] {
+        let t = self.clock.host_time(Instant::now(), SystemTime::now());
+        sign::format_host_date_into(t, buf)
+    }
 }
 
 /// Why a host date could not be taken from a status response.

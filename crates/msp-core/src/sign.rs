@@ -1,7 +1,8 @@
 //! Request signing (spec §3.3, §3.4), the host date (§2.12) and the host's verification steps (§12.3).
 //!
-//! The signature input is streamed straight into the HMAC, so signing allocates only the small sorted header
-//! index. This module never sees a clock: the caller passes the date it wants to sign or the host time it
+//! The signature input is streamed straight into the HMAC. The sorted header index and the query entries live on
+//! the stack up to [`INLINE_FIELDS`] entries each, so a request of ordinary size is signed and verified without a
+//! heap allocation (issue 8). This module never sees a clock: the caller passes the date it wants to sign or the host time it
 //! verifies against. Key bytes live only in [`SigningKey`], which zeroes itself and never prints.
 
 use std::fmt;
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use smallvec::SmallVec;
 use zeroize::Zeroizing;
 
 use crate::Reason;
@@ -27,6 +29,9 @@ pub const HOST_HEADER_PREFIX: &str = "x-ms-azure-host-";
 pub const DEFAULT_FRESHNESS_WINDOW: Duration = Duration::from_secs(300);
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Header fields, and query pairs, that signing sorts on the stack; more spill to the heap.
+pub const INLINE_FIELDS: usize = 16;
 
 type Result<T, E = SignError> = std::result::Result<T, E>;
 
@@ -144,7 +149,21 @@ pub fn hmac(key: &SigningKey, message: &[u8]) -> Signature {
 
 /// The value of `x-ms-azure-host-authorization`: `Azure-HMAC-SHA256 <guid> <hex>` with single spaces (spec §3.4).
 pub fn authorization_value(guid: &KeyGuid, signature: &Signature) -> String {
-    format!("{SCHEME} {guid} {}", signature.to_hex())
+    let mut out = Vec::with_capacity(SCHEME.len() + guid.0.len() + 66);
+    write_authorization_value(&mut out, guid, signature);
+    String::from_utf8(out).unwrap_or_else(|_| unreachable!("scheme, guid and hex are ASCII"))
+}
+
+/// Appends [`authorization_value`] to `out` without an allocation of its own.
+pub fn write_authorization_value(out: &mut Vec<u8>, guid: &KeyGuid, signature: &Signature) {
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(signature.0, &mut hex);
+    out.extend_from_slice(SCHEME.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(guid.0.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(&hex);
 }
 
 /// Parses `Azure-HMAC-SHA256 <guid> <64 hex>` exactly (hex in either case), spec §12.3 step 1.
@@ -211,13 +230,7 @@ where
         sink(self.body);
         sink(b"\n");
         for (name, value) in sorted_headers(self.headers.clone()) {
-            if name.iter().any(u8::is_ascii_uppercase) {
-                for &b in name {
-                    sink(&[b.to_ascii_lowercase()]);
-                }
-            } else {
-                sink(name);
-            }
+            sink_lowercase(name, sink);
             sink(b":");
             sink(trim_ows(value));
             sink(b"\n");
@@ -232,21 +245,53 @@ where
 /// Headers sorted by lowercase name, last value of each name kept, the authorization header left out.
 fn sorted_headers<'a>(
     headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Vec<(&'a [u8], &'a [u8])> {
-    let mut all: Vec<(&[u8], &[u8])> = headers
+) -> SmallVec<[(&'a [u8], &'a [u8]); INLINE_FIELDS]> {
+    let mut all: SmallVec<[(&[u8], &[u8]); INLINE_FIELDS]> = headers
         .into_iter()
         .filter(|(n, _)| !n.eq_ignore_ascii_case(AUTHORIZATION_HEADER.as_bytes()))
         .collect();
     // Stable sort keeps received order within a name, so the last of each run is the last received.
     all.sort_by(|(a, _), (b, _)| cmp_ignore_case(a, b));
-    let mut out: Vec<(&[u8], &[u8])> = Vec::with_capacity(all.len());
-    for (name, value) in all {
-        match out.last_mut() {
-            Some(last) if last.0.eq_ignore_ascii_case(name) => *last = (name, value),
-            _ => out.push((name, value)),
+    let kept = keep_last_of_runs(&mut all, |a, b| a.0.eq_ignore_ascii_case(b.0));
+    all.truncate(kept);
+    all
+}
+
+/// Moves the last of each run of neighbours that `same` calls equal to the front, in order; returns how many
+/// that is.
+fn keep_last_of_runs<T: Copy>(items: &mut [T], same: impl Fn(&T, &T) -> bool) -> usize {
+    let mut kept = 0;
+    for i in 0..items.len() {
+        let Some(&item) = items.get(i) else { break };
+        let merge = kept > 0 && items.get(kept - 1).is_some_and(|last| same(last, &item));
+        let at = if merge { kept - 1 } else { kept };
+        if let Some(slot) = items.get_mut(at) {
+            *slot = item;
         }
+        kept = at + 1;
     }
-    out
+    kept
+}
+
+/// A query entry as `lowercase key ++ raw value`, the order and identity of spec §3.3's pairs.
+fn concat<'a>(&(key, value): &(&'a [u8], &'a [u8])) -> impl Iterator<Item = u8> + 'a {
+    key.iter()
+        .map(u8::to_ascii_lowercase)
+        .chain(value.iter().copied())
+}
+
+/// Feeds `bytes` ASCII-lowercased to `sink`, through a stack buffer when any byte is uppercase.
+fn sink_lowercase(bytes: &[u8], sink: &mut dyn FnMut(&[u8])) {
+    if !bytes.iter().any(u8::is_ascii_uppercase) {
+        return sink(bytes);
+    }
+    let mut lower = [0u8; 64];
+    for piece in bytes.chunks(lower.len()) {
+        let lower = lower.get_mut(..piece.len()).unwrap_or_default();
+        lower.copy_from_slice(piece);
+        lower.make_ascii_lowercase();
+        sink(lower);
+    }
 }
 
 fn cmp_ignore_case(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
@@ -295,40 +340,28 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Writes `CANON_QUERY` (spec §3.3): pairs keyed by lowercase key + raw value, later duplicates replacing
 /// earlier ones, emitted in byte order of that concatenation as `key=value`, or `key` when the value is empty.
 fn write_canonical_query(query: &[u8], sink: &mut dyn FnMut(&[u8])) {
-    // Each entry is `lowercase key ++ raw value` plus the key's length, so the map key and the rendering share
-    // one buffer.
-    let mut entries: Vec<(Vec<u8>, usize)> = Vec::new();
-    for piece in query.split(|&b| b == b'&') {
-        let (key, value) = match piece.iter().position(|&b| b == b'=') {
+    // Each entry is the raw key and value; it compares as `lowercase key ++ value` without building it.
+    let mut entries: SmallVec<[(&[u8], &[u8]); INLINE_FIELDS]> = query
+        .split(|&b| b == b'&')
+        .map(|piece| match piece.iter().position(|&b| b == b'=') {
             Some(i) => (
                 piece.get(..i).unwrap_or_default(),
                 piece.get(i + 1..).unwrap_or_default(),
             ),
             None => (piece, &[][..]),
-        };
-        if key.is_empty() {
-            continue;
-        }
-        let mut concat = key.to_ascii_lowercase();
-        concat.extend_from_slice(value);
-        entries.push((concat, key.len()));
-    }
+        })
+        .filter(|(key, _)| !key.is_empty())
+        .collect();
     // A stable sort keeps received order among equal concatenations; keeping the last of each run is
     // "a later pair with the same concatenation replaces the earlier one".
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut kept: Vec<&(Vec<u8>, usize)> = Vec::with_capacity(entries.len());
-    for e in &entries {
-        match kept.last_mut() {
-            Some(last) if last.0 == e.0 => *last = e,
-            _ => kept.push(e),
-        }
-    }
-    for (i, (concat, key_len)) in kept.into_iter().enumerate() {
+    entries.sort_by(|a, b| concat(a).cmp(concat(b)));
+    let kept = keep_last_of_runs(&mut entries, |a, b| concat(a).eq(concat(b)));
+    entries.truncate(kept);
+    for (i, (key, value)) in entries.iter().enumerate() {
         if i > 0 {
             sink(b"&");
         }
-        let (key, value) = concat.split_at(*key_len);
-        sink(key);
+        sink_lowercase(key, sink);
         if !value.is_empty() {
             sink(b"=");
             sink(value);
@@ -341,6 +374,16 @@ fn write_canonical_query(query: &[u8], sink: &mut dyn FnMut(&[u8])) {
 /// Formats a time as `Www, DD Mmm YYYY HH:MM:SS GMT`, truncated to whole seconds.
 pub fn format_host_date(t: SystemTime) -> String {
     httpdate::fmt_http_date(t)
+}
+
+/// [`format_host_date`] into `buf`, without an allocation: the text written (29 bytes for any year httpdate
+/// formats, 1970–9999).
+pub fn format_host_date_into(t: SystemTime, buf: &mut [u8; 32]) -> &[u8] {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 29 bytes always fit in 32; a failed write would leave a short text, never a panic.
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", httpdate::HttpDate::from(t)));
+    let written = usize::try_from(cursor.position()).unwrap_or(0);
+    buf.get(..written).unwrap_or_default()
 }
 
 /// Parses exactly `Www, DD Mmm YYYY HH:MM:SS GMT` (no RFC 850 or asctime forms, no surrounding space).

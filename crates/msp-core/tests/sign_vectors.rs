@@ -181,3 +181,43 @@ fn conf_095_host_accepts_v1_to_v3_within_window() {
         }
     }
 }
+
+/// Requests with more fields and query pairs than signing sorts on the stack, and names longer than its
+/// lowercase buffer, sign the input of spec §3.3 all the same: a client may send that many.
+#[test]
+fn conf_033_many_fields_and_pairs_sign_the_spec_input() {
+    let long_name = format!("X-{}", "Long".repeat(40));
+    // 40 fields in reverse order, uppercase, one of them twice (the last value counts) and one authorization.
+    let mut headers: Vec<(String, String)> = (0..40)
+        .rev()
+        .map(|i| (format!("X-Field-{i:02}"), format!(" v{i} ")))
+        .collect();
+    headers.push(("x-field-07".to_owned(), "later".to_owned()));
+    headers.push((long_name.clone(), "long".to_owned()));
+    headers.push((sign::AUTHORIZATION_HEADER.to_owned(), "left out".to_owned()));
+    // 30 pairs in reverse order; `K05=same` twice (one kept), `k05=same` once more in another case.
+    let mut pairs: Vec<String> = (0..30).rev().map(|i| format!("K{i:02}=v{i}")).collect();
+    pairs.extend(["K05=same", "k05=same", "K05=a"].map(str::to_owned));
+    let target = format!("/p?{}", pairs.join("&"));
+
+    let mut expected = String::from("GET\n\n");
+    let mut fields: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("x-field-{i:02}"), format!("v{i}")))
+        .collect();
+    fields.push((long_name.to_ascii_lowercase(), "long".to_owned()));
+    if let Some(f) = fields.iter_mut().find(|(n, _)| n == "x-field-07") {
+        f.1 = "later".to_owned();
+    }
+    fields.sort();
+    for (name, value) in fields {
+        expected.push_str(&format!("{name}:{value}\n"));
+    }
+    let mut query: Vec<String> = (0..30).map(|i| format!("k{i:02}=v{i}")).collect();
+    query.extend(["k05=a", "k05=same"].map(str::to_owned));
+    query.sort_by_key(|p| p.replace('=', ""));
+    expected.push_str("/p\n");
+    expected.push_str(&query.join("&"));
+
+    let input = parts("GET", &target, &headers, "").signature_input();
+    assert_eq!(String::from_utf8_lossy(&input), expected);
+}

@@ -358,7 +358,8 @@ impl Conn {
 }
 
 fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+    // Writing to a `Vec` cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{:X}\r\n", data.len()));
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -389,7 +390,8 @@ pub(super) fn write_request(
     out.push(b' ');
     out.extend_from_slice(head.version.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let date = snapshot.date_header();
+    let mut date_buf = [0u8; 32];
+    let date = snapshot.date_header_into(&mut date_buf);
     let claims_value = claims.host_claims_header();
     let kept = head
         .fields
@@ -398,7 +400,7 @@ pub(super) fn write_request(
         .filter(|(name, _)| forwarded(head_bytes, head, name));
     let added = [
         (sign::CLAIMS_HEADER.as_bytes(), claims_value.as_bytes()),
-        (sign::DATE_HEADER.as_bytes(), date.as_bytes()),
+        (sign::DATE_HEADER.as_bytes(), date),
     ];
     let headers = kept.chain(added);
     for (name, value) in headers.clone() {
@@ -421,7 +423,7 @@ pub(super) fn write_request(
         .sign(&key.key);
         out.extend_from_slice(sign::AUTHORIZATION_HEADER.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(sign::authorization_value(&key.guid, &signature).as_bytes());
+        sign::write_authorization_value(out, &key.guid, &signature);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -246,3 +246,25 @@ mod props {
         }
     }
 }
+
+/// The request path's date and authorization writers give exactly the text of the allocating ones, from the
+/// epoch to the last year httpdate formats.
+#[test]
+fn writers_without_allocation_match_the_formatters() {
+    for secs in [0, 1_795_000_000, 253_402_300_799] {
+        let t = UNIX_EPOCH + Duration::from_secs(secs);
+        let mut buf = [0u8; 32];
+        assert_eq!(
+            format_host_date_into(t, &mut buf),
+            format_host_date(t).as_bytes()
+        );
+    }
+    let key = SigningKey::from_bytes([3u8; 32]);
+    let guid = KeyGuid::parse("9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf").unwrap();
+    let signature = hmac(&key, b"message");
+    let mut out = b"prefix ".to_vec();
+    write_authorization_value(&mut out, &guid, &signature);
+    let value = format!("{SCHEME} {guid} {}", signature.to_hex());
+    assert_eq!(out, [b"prefix ".as_slice(), value.as_bytes()].concat());
+    assert_eq!(authorization_value(&guid, &signature), value);
+}
