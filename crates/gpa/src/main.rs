@@ -121,10 +121,6 @@ fn init_tracing(config: &Config, events: &EventSink) {
         .init();
 }
 
-/// Runtime worker threads at most. Proxying metadata calls is kernel-bound per connection and needs few threads;
-/// each worker costs a stack, a malloc arena and up to 3 MiB of pooled request buffers (`proxy::limits`), so the
-/// agent must not grow with the VM's core count (catalog G1).
-const MAX_WORKER_THREADS: usize = 4;
 /// Blocking threads at most (identity lookups through `/proc` and NSS, file writes); more wait in tokio's queue.
 /// A connection storm from one cold process ran 50–60 lookups at once (BENCHMARKS.md).
 const MAX_BLOCKING_THREADS: usize = 64;
@@ -136,7 +132,7 @@ fn main() -> ExitCode {
     // stall every connection.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.min(MAX_WORKER_THREADS))
+        .worker_threads(cores.min(gpa::MAX_WORKER_THREADS))
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()

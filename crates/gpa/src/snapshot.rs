@@ -83,7 +83,7 @@ impl Snapshot {
     }
 
     /// [`Snapshot::date_header`] into `buf`, for the request path: no allocation.
-    pub fn date_header_into<'b>(&self, buf: &'b mut [u8; 32]) -> &'b [u8] {
+    pub fn date_header_into<'b>(&self, buf: &'b mut [u8; sign::HOST_DATE_LEN]) -> &'b [u8] {
         let t = self.clock.host_time(Instant::now(), SystemTime::now());
         sign::format_host_date_into(t, buf)
     }

@@ -22,9 +22,6 @@ use crate::worker::connect;
 
 /// Buffer per direction, bytes (a 64 KiB response passes in one read when the socket has it all).
 const BUFFER: usize = 64 * 1024;
-/// Tokio worker threads at most: the agent's own cap (`MAX_WORKER_THREADS` in `crates/gpa/src/main.rs`, private
-/// there), so the floor runs the runtime the agent has.
-const MAX_WORKER_THREADS: usize = 4;
 
 /// How the relay moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -95,8 +92,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 
 fn tokio_relay(listener: TcpListener, to: SocketAddr, from: Ipv4Addr) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // The agent's own cap, so the floor runs the runtime the agent has.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.min(MAX_WORKER_THREADS))
+        .worker_threads(cores.min(gpa::MAX_WORKER_THREADS))
         .enable_all()
         .build()?;
     listener.set_nonblocking(true)?;

@@ -1,9 +1,9 @@
 //! Request signing (spec §3.3, §3.4), the host date (§2.12) and the host's verification steps (§12.3).
 //!
-//! The signature input is streamed straight into the HMAC. The sorted header index and the query entries live on
-//! the stack up to [`INLINE_FIELDS`] entries each, so a request of ordinary size is signed and verified without a
-//! heap allocation (issue 8). This module never sees a clock: the caller passes the date it wants to sign or the host time it
-//! verifies against. Key bytes live only in [`SigningKey`], which zeroes itself and never prints.
+//! The signature input is streamed straight into the HMAC. Its sorted header index and query entries live on the
+//! stack up to [`INLINE_FIELDS`] entries each, so the input of a request of ordinary size is computed without a
+//! heap allocation (issue 8). This module never sees a clock: the caller passes the date it wants to sign or the
+//! host time it verifies against. Key bytes live only in [`SigningKey`], which zeroes itself and never prints.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,11 +27,15 @@ pub const DATE_HEADER: &str = "x-ms-azure-host-date";
 pub const HOST_HEADER_PREFIX: &str = "x-ms-azure-host-";
 /// Default freshness window of the host, in seconds (spec §12.3).
 pub const DEFAULT_FRESHNESS_WINDOW: Duration = Duration::from_secs(300);
+/// Header fields, and query pairs, that the signature input sorts on the stack: a capacity, not a limit (more
+/// spill to the heap).
+pub const INLINE_FIELDS: usize = 16;
+/// Length of a host date, `Www, DD Mmm YYYY HH:MM:SS GMT` (spec §2.12).
+pub const HOST_DATE_LEN: usize = 29;
+/// The last instant a host date can name: 9999-12-31 23:59:59 UTC (four-digit years).
+const LAST_HOST_DATE: Duration = Duration::from_secs(253_402_300_799);
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Header fields, and query pairs, that signing sorts on the stack; more spill to the heap.
-pub const INLINE_FIELDS: usize = 16;
 
 type Result<T, E = SignError> = std::result::Result<T, E>;
 
@@ -252,25 +256,18 @@ fn sorted_headers<'a>(
         .collect();
     // Stable sort keeps received order within a name, so the last of each run is the last received.
     all.sort_by(|(a, _), (b, _)| cmp_ignore_case(a, b));
-    let kept = keep_last_of_runs(&mut all, |a, b| a.0.eq_ignore_ascii_case(b.0));
-    all.truncate(kept);
+    all.dedup_by(|later, kept| keep_later(later, kept, |a, b| a.0.eq_ignore_ascii_case(b.0)));
     all
 }
 
-/// Moves the last of each run of neighbours that `same` calls equal to the front, in order; returns how many
-/// that is.
-fn keep_last_of_runs<T: Copy>(items: &mut [T], same: impl Fn(&T, &T) -> bool) -> usize {
-    let mut kept = 0;
-    for i in 0..items.len() {
-        let Some(&item) = items.get(i) else { break };
-        let merge = kept > 0 && items.get(kept - 1).is_some_and(|last| same(last, &item));
-        let at = if merge { kept - 1 } else { kept };
-        if let Some(slot) = items.get_mut(at) {
-            *slot = item;
-        }
-        kept = at + 1;
+/// For `dedup_by`: when `same` calls the neighbours equal, the later one replaces the kept one and is dropped, so
+/// each run keeps its last element.
+fn keep_later<T: Copy>(later: &mut T, kept: &mut T, same: impl Fn(&T, &T) -> bool) -> bool {
+    let merge = same(later, kept);
+    if merge {
+        *kept = *later;
     }
-    kept
+    merge
 }
 
 /// A query entry as `lowercase key ++ raw value`, the order and identity of spec §3.3's pairs.
@@ -287,10 +284,10 @@ fn sink_lowercase(bytes: &[u8], sink: &mut dyn FnMut(&[u8])) {
     }
     let mut lower = [0u8; 64];
     for piece in bytes.chunks(lower.len()) {
-        let lower = lower.get_mut(..piece.len()).unwrap_or_default();
-        lower.copy_from_slice(piece);
-        lower.make_ascii_lowercase();
-        sink(lower);
+        for (to, from) in lower.iter_mut().zip(piece) {
+            *to = from.to_ascii_lowercase();
+        }
+        sink(lower.get(..piece.len()).unwrap_or_default());
     }
 }
 
@@ -355,8 +352,7 @@ fn write_canonical_query(query: &[u8], sink: &mut dyn FnMut(&[u8])) {
     // A stable sort keeps received order among equal concatenations; keeping the last of each run is
     // "a later pair with the same concatenation replaces the earlier one".
     entries.sort_by(|a, b| concat(a).cmp(concat(b)));
-    let kept = keep_last_of_runs(&mut entries, |a, b| concat(a).eq(concat(b)));
-    entries.truncate(kept);
+    entries.dedup_by(|later, kept| keep_later(later, kept, |a, b| concat(a).eq(concat(b))));
     for (i, (key, value)) in entries.iter().enumerate() {
         if i > 0 {
             sink(b"&");
@@ -371,19 +367,25 @@ fn write_canonical_query(query: &[u8], sink: &mut dyn FnMut(&[u8])) {
 
 // === host date (spec §2.12) ===
 
-/// Formats a time as `Www, DD Mmm YYYY HH:MM:SS GMT`, truncated to whole seconds.
+/// Formats a time as `Www, DD Mmm YYYY HH:MM:SS GMT`, truncated to whole seconds; times before 1970 or after
+/// year 9999 are clamped to the nearest one that has this form.
 pub fn format_host_date(t: SystemTime) -> String {
-    httpdate::fmt_http_date(t)
+    httpdate::fmt_http_date(clamp_host_date(t))
 }
 
-/// [`format_host_date`] into `buf`, without an allocation: the text written (29 bytes for any year httpdate
-/// formats, 1970–9999).
-pub fn format_host_date_into(t: SystemTime, buf: &mut [u8; 32]) -> &[u8] {
+/// [`format_host_date`] into `buf`, without an allocation; returns the text (all of `buf`).
+pub fn format_host_date_into(t: SystemTime, buf: &mut [u8; HOST_DATE_LEN]) -> &[u8] {
+    let date = httpdate::HttpDate::from(clamp_host_date(t));
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    // 29 bytes always fit in 32; a failed write would leave a short text, never a panic.
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", httpdate::HttpDate::from(t)));
+    // Every date in range is exactly `HOST_DATE_LEN` bytes; a failed write would leave a short text, never a panic.
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{date}"));
     let written = usize::try_from(cursor.position()).unwrap_or(0);
     buf.get(..written).unwrap_or_default()
+}
+
+/// httpdate panics outside 1970..=9999; a host clock anchored near either end must not take the agent down.
+fn clamp_host_date(t: SystemTime) -> SystemTime {
+    t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST_HOST_DATE)
 }
 
 /// Parses exactly `Www, DD Mmm YYYY HH:MM:SS GMT` (no RFC 850 or asctime forms, no surrounding space).

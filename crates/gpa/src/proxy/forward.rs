@@ -390,7 +390,7 @@ pub(super) fn write_request(
     out.push(b' ');
     out.extend_from_slice(head.version.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut date_buf = [0u8; 32];
+    let mut date_buf = [0u8; sign::HOST_DATE_LEN];
     let date = snapshot.date_header_into(&mut date_buf);
     let claims_value = claims.host_claims_header();
     let kept = head

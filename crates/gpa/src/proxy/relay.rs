@@ -466,10 +466,8 @@ fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep
     } else {
         b"HTTP/1.1 "
     });
-    // 100..600, checked above: three digits.
-    out.extend(
-        [status / 100, status / 10 % 10, status % 10].map(|d| b'0' + u8::try_from(d).unwrap_or(0)),
-    );
+    // Writing to a `Vec` cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{status}"));
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");

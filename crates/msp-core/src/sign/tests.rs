@@ -240,6 +240,46 @@ mod props {
             prop_assert_eq!(a.signature_input(), b.signature_input());
         }
 
+        /// Any number of fields and query pairs (past the stack's capacity), names longer than the lowercase
+        /// buffer, repeats in any case: the input is spec §3.3's, built here from its rules with ordered maps.
+        #[test]
+        fn signature_input_follows_the_spec_rules(
+            headers in proptest::collection::vec(("[A-Za-z-]{1,3}|[A-Za-z]{60,70}", "[ a-z0-9]{0,6}"), 0..40),
+            pairs in proptest::collection::vec(("[A-Za-z0-9]{0,3}|[A-Z]{60,70}", "[a-zA-Z0-9%]{0,4}"), 0..40),
+        ) {
+            let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let target = format!("/p?{}", query.join("&"));
+            let parts = RequestParts {
+                method: b"GET",
+                target: target.as_bytes(),
+                headers: headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+                body: b"",
+            };
+            let mut fields = std::collections::BTreeMap::new();
+            for (name, value) in &headers {
+                fields.insert(name.to_ascii_lowercase(), value.trim_matches([' ', '\t']).to_owned());
+            }
+            let mut entries = std::collections::BTreeMap::new();
+            for (key, value) in pairs.iter().filter(|(k, _)| !k.is_empty()) {
+                entries.insert(format!("{}{value}", key.to_ascii_lowercase()), key.len());
+            }
+            let mut expected = String::from("GET\n\n");
+            for (name, value) in fields {
+                expected.push_str(&format!("{name}:{value}\n"));
+            }
+            expected.push_str("/p\n");
+            let rendered: Vec<String> = entries
+                .iter()
+                .map(|(concat, &len)| match concat.split_at(len) {
+                    (key, "") => key.to_owned(),
+                    (key, value) => format!("{key}={value}"),
+                })
+                .collect();
+            expected.push_str(&rendered.join("&"));
+            let input = parts.signature_input();
+            prop_assert_eq!(String::from_utf8_lossy(&input), expected);
+        }
+
         #[test]
         fn parse_authorization_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_authorization(&bytes);
@@ -248,17 +288,26 @@ mod props {
 }
 
 /// The request path's date and authorization writers give exactly the text of the allocating ones, from the
-/// epoch to the last year httpdate formats.
+/// epoch to the last year a host date can name, and dates outside that range are clamped instead of panicking.
 #[test]
 fn writers_without_allocation_match_the_formatters() {
     for secs in [0, 1_795_000_000, 253_402_300_799] {
         let t = UNIX_EPOCH + Duration::from_secs(secs);
-        let mut buf = [0u8; 32];
+        let mut buf = [0u8; HOST_DATE_LEN];
         assert_eq!(
             format_host_date_into(t, &mut buf),
             format_host_date(t).as_bytes()
         );
     }
+    // Out of httpdate's range (it panics there): clamped to the nearest date a host date can name.
+    let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+    assert_eq!(format_host_date(far), "Fri, 31 Dec 9999 23:59:59 GMT");
+    let before = UNIX_EPOCH - Duration::from_secs(1);
+    let mut buf = [0u8; HOST_DATE_LEN];
+    assert_eq!(
+        format_host_date_into(before, &mut buf),
+        b"Thu, 01 Jan 1970 00:00:00 GMT"
+    );
     let key = SigningKey::from_bytes([3u8; 32]);
     let guid = KeyGuid::parse("9cf81e97-0316-4ad3-94a7-8ccbdee8ccbf").unwrap();
     let signature = hmac(&key, b"message");
