@@ -675,7 +675,7 @@ async fn g1_a_pooled_box_carries_nothing_from_one_connection_to_the_next() {
     t.stop().await;
 }
 
-/// Response bodies larger than the agent's read size (history item 28 reads up to 64 KiB at a time and writes
+/// Response bodies larger than the agent's read size (history item 29 reads up to 64 KiB at a time and writes
 /// body bytes straight from the upstream buffer) arrive whole and unaltered whatever their framing, and a body
 /// with a length or chunks ends exactly where it should: the same connection then carries the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
