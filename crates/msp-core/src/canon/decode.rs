@@ -23,14 +23,15 @@ fn escape_at(raw: &[u8], i: usize) -> Option<u8> {
 /// Step 0 (spec §5.2): a raw path holding `//`, or `..` after one lenient decode (a `%` that starts no
 /// well-formed escape is kept as is), is refused with [`CanonError::PathTraversal`].
 pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
-    if raw_path.windows(2).any(|w| w == b"//") {
-        return Err(CanonError::PathTraversal);
-    }
+    let mut prev_raw = 0;
     let mut prev_dot = false;
     let mut i = 0;
     while let Some(&b) = raw_path.get(i) {
-        let (byte, width) = match (b, escape_at(raw_path, i)) {
-            (b'%', Some(decoded)) => (decoded, 3),
+        if b == b'/' && prev_raw == b'/' {
+            return Err(CanonError::PathTraversal);
+        }
+        let (byte, width) = match b {
+            b'%' => escape_at(raw_path, i).map_or((b, 1), |decoded| (decoded, 3)),
             _ => (b, 1),
         };
         let dot = byte == b'.';
@@ -38,21 +39,28 @@ pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
             return Err(CanonError::PathTraversal);
         }
         prev_dot = dot;
+        // An escape never spells `/` for the `//` test: only raw slashes count.
+        prev_raw = if width == 1 { b } else { 0 };
         i += width;
     }
     Ok(())
 }
 
-/// Step 5.2: decodes every `%XX` once (and `+` as SP when `plus_is_space`, spec §5.3) into a new buffer.
-pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, CanonError> {
+/// Step 5.2: decodes every `%XX` once (and `+` as SP when `plus_is_space`, spec §5.3), appending to `out`. The
+/// decoded bytes are never more than the raw ones, so a buffer of `raw.len()` never grows.
+pub(super) fn percent_decode_into(
+    raw: &[u8],
+    plus_is_space: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), CanonError> {
     // Most paths and parameters hold no escape at all: copy them in one go.
     if !raw
         .iter()
         .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
     {
-        return Ok(raw.to_vec());
+        out.extend_from_slice(raw);
+        return Ok(());
     }
-    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
         match b {
@@ -70,12 +78,12 @@ pub(super) fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>,
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Steps 5.3–5.5 on decoded bytes: overlong leads, then UTF-8 validity (never replaced), then control
-/// characters. Returns the bytes as a `String` without copying.
-pub(super) fn into_text(decoded: Vec<u8>) -> Result<String, CanonError> {
+/// characters.
+pub(super) fn check_text(decoded: &[u8]) -> Result<(), CanonError> {
     let overlong = !decoded.is_ascii()
         && decoded.iter().enumerate().any(|(i, &b)| {
             let next = decoded.get(i + 1).copied().unwrap_or(0);
@@ -86,12 +94,12 @@ pub(super) fn into_text(decoded: Vec<u8>) -> Result<String, CanonError> {
     if overlong {
         return Err(CanonError::OverlongUtf8);
     }
-    let text = String::from_utf8(decoded).map_err(|_| CanonError::InvalidUtf8)?;
+    std::str::from_utf8(decoded).map_err(|_| CanonError::InvalidUtf8)?;
     // Multi-byte UTF-8 sequences only hold bytes >= 0x80, so a byte test finds exactly the control characters.
-    if text.bytes().any(|b| b < 0x20 || b == 0x7F) {
+    if decoded.iter().any(|&b| b < 0x20 || b == 0x7F) {
         return Err(CanonError::ControlChar);
     }
-    Ok(text)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -128,6 +136,13 @@ mod tests {
         }
     }
 
+    fn percent_decode(raw: &[u8], plus_is_space: bool) -> Result<Vec<u8>, CanonError> {
+        let mut out = b"kept".to_vec();
+        percent_decode_into(raw, plus_is_space, &mut out)?;
+        assert!(out.starts_with(b"kept"), "appends");
+        Ok(out.split_off(4))
+    }
+
     #[test]
     fn decode_is_single_pass() {
         assert_eq!(percent_decode(b"%252F", false).unwrap(), b"%2F");
@@ -145,17 +160,17 @@ mod tests {
 
     #[test]
     fn text_checks_run_in_spec_order() {
-        assert_eq!(into_text(vec![0xC0, 0xAF]), Err(CanonError::OverlongUtf8));
+        assert_eq!(check_text(&[0xC0, 0xAF]), Err(CanonError::OverlongUtf8));
         assert_eq!(
-            into_text(vec![0xE0, 0x9F, 0xBF]),
+            check_text(&[0xE0, 0x9F, 0xBF]),
             Err(CanonError::OverlongUtf8)
         );
         assert_eq!(
-            into_text(vec![0xF0, 0x8F, 0xBF, 0xBF]),
+            check_text(&[0xF0, 0x8F, 0xBF, 0xBF]),
             Err(CanonError::OverlongUtf8)
         );
-        assert_eq!(into_text(vec![b'\n', 0xFF]), Err(CanonError::InvalidUtf8));
-        assert_eq!(into_text(vec![b'a', 0x7F]), Err(CanonError::ControlChar));
-        assert_eq!(into_text("ı".as_bytes().to_vec()).unwrap(), "ı");
+        assert_eq!(check_text(&[b'\n', 0xFF]), Err(CanonError::InvalidUtf8));
+        assert_eq!(check_text(&[b'a', 0x7F]), Err(CanonError::ControlChar));
+        assert_eq!(check_text("ı".as_bytes()), Ok(()));
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::CanonError;
-use super::decode::{into_text, percent_decode};
+use super::decode::{check_text, percent_decode_into};
 
 /// The canonical form of a path: what the matcher compares (spec §4.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -76,49 +76,71 @@ impl fmt::Display for CanonicalPath {
 }
 
 /// Canonicalises a raw request path (spec §5.2 step 5): decode once, check bytes, lowercase, resolve segments.
+/// One buffer holds the decoded path and then, resolved in place, the joined segments.
 pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
     // 5.1: the trailing-slash bit comes from the raw bytes.
     let trailing_slash = raw.len() > 1 && raw.last() == Some(&b'/');
     // 5.2–5.5
-    let mut text = into_text(percent_decode(raw, false)?)?;
+    let mut bytes = Vec::with_capacity(raw.len());
+    percent_decode_into(raw, false, &mut bytes)?;
+    check_text(&bytes)?;
     // 5.6, 5.7
-    if !text.is_ascii() {
+    if !bytes.is_ascii() {
         return Err(CanonError::NonAscii);
     }
-    if text.contains('?') {
+    if bytes.contains(&b'?') {
         return Err(CanonError::EmbeddedQuery);
     }
     // 5.8
-    text.make_ascii_lowercase();
+    bytes.make_ascii_lowercase();
     // 5.9
-    let mut joined = String::with_capacity(text.len());
-    for piece in text.split('/') {
-        let segment = piece.split(';').next().unwrap_or_default();
-        match segment {
-            "" | "." => {}
-            ".." => {
-                if joined.is_empty() {
-                    return Err(CanonError::PathUnderflow);
-                }
-                joined.truncate(joined.rfind('/').unwrap_or(0));
-            }
-            _ if segment.ends_with('.') || segment.contains(' ') => {
-                return Err(CanonError::AmbiguousSegment);
-            }
-            _ => {
-                if !joined.is_empty() {
-                    joined.push('/');
-                }
-                joined.push_str(segment);
-            }
-        }
-    }
+    let kept = resolve_segments(&mut bytes)?;
+    bytes.truncate(kept);
+    let joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
     // 5.10
     let trailing_slash = trailing_slash && !joined.is_empty();
     Ok(CanonicalPath {
         joined,
         trailing_slash,
     })
+}
+
+/// Step 5.9 in place: drops empty and `.` segments and `;` parameters, resolves `..`, and moves the kept
+/// segments, joined by `/`, to the front of `path`; returns their length.
+///
+/// What is kept never overtakes what is still to be read: every piece after the first starts after a `/` of
+/// its own, and contributes at most that `/` and itself.
+fn resolve_segments(path: &mut [u8]) -> Result<usize, CanonError> {
+    let mut kept = 0;
+    let mut start = 0;
+    while start <= path.len() {
+        let rest = path.get(start..).unwrap_or_default();
+        let end = start + rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        let piece = path.get(start..end).unwrap_or_default();
+        let segment = piece.split(|&b| b == b';').next().unwrap_or_default();
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                if kept == 0 {
+                    return Err(CanonError::PathUnderflow);
+                }
+                let joined = path.get(..kept).unwrap_or_default();
+                kept = joined.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            }
+            _ if segment.ends_with(b".") || segment.contains(&b' ') => {
+                return Err(CanonError::AmbiguousSegment);
+            }
+            _ => {
+                // After the first kept segment, take the `/` in front of this piece along.
+                let from = if kept == 0 { start } else { start - 1 };
+                let to = start + segment.len();
+                path.copy_within(from..to, kept);
+                kept += to - from;
+            }
+        }
+        start = end + 1;
+    }
+    Ok(kept)
 }
 
 /// Canonicalises a privilege `path` (spec §5.5): step 5 with a missing leading `/` added.

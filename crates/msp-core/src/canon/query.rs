@@ -1,21 +1,42 @@
 //! The query multimap (spec §5.3): decoded once (`+` is SP), lowercased, keys sorted, values in order.
 
 use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
+
+use smallvec::SmallVec;
 
 use super::CanonError;
-use super::decode::{into_text, percent_decode};
+use super::decode::{check_text, percent_decode_into};
+
+/// Pairs a query keeps inline; more spill to the heap.
+const INLINE_PAIRS: usize = 4;
 
 /// The canonical query: `(key, value)` pairs sorted by key (stable, so each key's values keep their order).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+///
+/// The decoded keys and values sit back to back in one string, so a query costs one allocation however many
+/// parameters it has (issue 8).
+#[derive(Debug, Clone, Default)]
 pub struct CanonicalQuery {
-    pairs: Vec<(String, String)>,
+    /// Every kept key and value, decoded and lowercased, in request order.
+    text: String,
+    /// Where each pair lies in `text`, sorted by key.
+    pairs: SmallVec<[Pair; INLINE_PAIRS]>,
+}
+
+/// One pair: the key is `text[start..split]`, the value `text[split..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    start: usize,
+    split: usize,
+    end: usize,
 }
 
 impl CanonicalQuery {
     /// Parses a raw query (the bytes after `?`): split on `&`, skip empty pieces, split at the first `=`, decode
     /// and lowercase both sides, skip empty keys (spec §5.3).
     pub fn parse(raw: &[u8]) -> Result<CanonicalQuery, CanonError> {
-        let mut pairs = Vec::new();
+        let mut text = Vec::with_capacity(raw.len());
+        let mut pairs = SmallVec::new();
         for piece in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
             let (key, value) = match piece.iter().position(|&b| b == b'=') {
                 Some(at) => (
@@ -24,14 +45,21 @@ impl CanonicalQuery {
                 ),
                 None => (piece, &b""[..]),
             };
-            let key = decode_component(key)?;
-            let value = decode_component(value)?;
-            if !key.is_empty() {
-                pairs.push((key, value));
+            let start = text.len();
+            decode_component_into(key, &mut text)?;
+            let split = text.len();
+            decode_component_into(value, &mut text)?;
+            if split == start {
+                text.truncate(start);
+            } else {
+                let end = text.len();
+                pairs.push(Pair { start, split, end });
             }
         }
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(CanonicalQuery { pairs })
+        // Each component is valid UTF-8 on its own, so their concatenation is too.
+        let text = String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)?;
+        pairs.sort_by(|a: &Pair, b| a.key(&text).cmp(b.key(&text)));
+        Ok(CanonicalQuery { text, pairs })
     }
 
     /// No parameter at all.
@@ -40,20 +68,23 @@ impl CanonicalQuery {
     }
 
     /// All pairs, sorted by key.
-    pub fn pairs(&self) -> &[(String, String)] {
-        &self.pairs
+    pub fn pairs(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.pairs
+            .iter()
+            .map(|p| (p.key(&self.text), p.value(&self.text)))
     }
 
     /// The values of `key` (already canonical: lowercase, decoded), in request order.
     pub fn values<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> + use<'a> {
-        let start = self.pairs.partition_point(|(k, _)| k.as_str() < key);
+        let text = &self.text;
+        let start = self.pairs.partition_point(|p| p.key(text) < key);
         let pairs = self.pairs.get(start..).unwrap_or_default();
-        let end = pairs.partition_point(|(k, _)| k.as_str() == key);
+        let end = pairs.partition_point(|p| p.key(text) == key);
         pairs
             .get(..end)
             .unwrap_or_default()
             .iter()
-            .map(|(_, v)| v.as_str())
+            .map(|p| p.value(text))
     }
 
     /// The rendering: empty, or `?` and `key=value` pairs joined by `&`, escaped so that it parses back to
@@ -63,9 +94,37 @@ impl CanonicalQuery {
     }
 }
 
+impl Pair {
+    fn key(self, text: &str) -> &str {
+        text.get(self.start..self.split).unwrap_or_default()
+    }
+
+    fn value(self, text: &str) -> &str {
+        text.get(self.split..self.end).unwrap_or_default()
+    }
+}
+
+/// Two queries are equal when their sorted pairs are, whatever order the request gave the keys in.
+impl PartialEq for CanonicalQuery {
+    fn eq(&self, other: &Self) -> bool {
+        self.pairs().eq(other.pairs())
+    }
+}
+
+impl Eq for CanonicalQuery {}
+
+impl Hash for CanonicalQuery {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.pairs.len());
+        for pair in self.pairs() {
+            pair.hash(state);
+        }
+    }
+}
+
 impl fmt::Display for CanonicalQuery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (key, value)) in self.pairs.iter().enumerate() {
+        for (i, (key, value)) in self.pairs().enumerate() {
             f.write_char(if i == 0 { '?' } else { '&' })?;
             write_escaped(f, key)?;
             f.write_char('=')?;
@@ -103,9 +162,19 @@ fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
 /// Decodes one query key or value (or a privilege's `queryParameters` entry, spec §5.5): `+` is SP, one
 /// percent-decode, overlong/UTF-8/control checks, ASCII-lowercase. Non-ASCII is allowed.
 pub fn decode_component(raw: &[u8]) -> Result<String, CanonError> {
-    let mut text = into_text(percent_decode(raw, true)?)?;
-    text.make_ascii_lowercase();
-    Ok(text)
+    let mut text = Vec::with_capacity(raw.len());
+    decode_component_into(raw, &mut text)?;
+    String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)
+}
+
+/// [`decode_component`], appended to `out`.
+fn decode_component_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), CanonError> {
+    let start = out.len();
+    percent_decode_into(raw, true, out)?;
+    let decoded = out.get_mut(start..).unwrap_or_default();
+    check_text(decoded)?;
+    decoded.make_ascii_lowercase();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,6 +193,24 @@ mod tests {
         assert_eq!(query.values("b").collect::<Vec<_>>(), ["2", "1"]);
         assert_eq!(query.values("c").collect::<Vec<_>>(), [""]);
         assert_eq!(query.values("d").count(), 0);
+    }
+
+    #[test]
+    fn equality_is_of_the_multimap_not_the_request_order() {
+        use std::hash::BuildHasher;
+        let (a, b) = (q("b=1&a=2&a=3"), q("a=2&B=1&a=3"));
+        assert_eq!(a, b);
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        assert_ne!(a, q("a=3&a=2&b=1"), "a key's values keep their order");
+    }
+
+    #[test]
+    fn many_pairs_spill_without_loss() {
+        let query = q("f=6&e=5&d=4&c=3&b=2&a=1&a=0");
+        assert_eq!(query.pairs().len(), 7);
+        assert_eq!(query.render(), "?a=1&a=0&b=2&c=3&d=4&e=5&f=6");
+        assert_eq!(query.values("a").collect::<Vec<_>>(), ["1", "0"]);
     }
 
     #[test]
