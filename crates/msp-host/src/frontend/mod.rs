@@ -396,6 +396,38 @@ pub(crate) fn verify_with(
     audit: &mut AuditRecord,
     key_for: impl FnOnce(&KeyGuid) -> Option<SigningKey>,
 ) -> Result<Verified, Reason> {
+    let (named, result) = verify_head(
+        method,
+        target,
+        headers,
+        body,
+        SystemTime::now(),
+        shared.window,
+        key_for,
+    );
+    if let Some(g) = named {
+        if result == Err(Reason::KeyUnknown) {
+            audit.key_owner = shared
+                .registry
+                .key_owner(&g)
+                .filter(|owner| Some(owner) != audit.vm.as_ref());
+        }
+        audit.key_guid = Some(g.as_str().to_owned());
+    }
+    result
+}
+
+/// spec §12.3 steps 1–5 over a request as hyper received it, against the key `key_for` returns. Also returns the
+/// guid the authorization header named, when it parsed far enough to name one (for the audit record).
+pub fn verify_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    host_now: SystemTime,
+    window: Duration,
+    key_for: impl FnOnce(&KeyGuid) -> Option<SigningKey>,
+) -> (Option<KeyGuid>, Result<Verified, Reason>) {
     let fields: Vec<(&[u8], &[u8])> = headers
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
@@ -413,17 +445,8 @@ pub(crate) fn verify_with(
             named = Some(g.clone());
             key_for(g)
         },
-        SystemTime::now(),
-        shared.window,
+        host_now,
+        window,
     );
-    if let Some(g) = named {
-        if result == Err(Reason::KeyUnknown) {
-            audit.key_owner = shared
-                .registry
-                .key_owner(&g)
-                .filter(|owner| Some(owner) != audit.vm.as_ref());
-        }
-        audit.key_guid = Some(g.as_str().to_owned());
-    }
-    result
+    (named, result)
 }
