@@ -189,19 +189,20 @@ pub fn write_authorization_value(out: &mut Vec<u8>, guid: &KeyGuid, signature: &
     out.extend_from_slice(&hex);
 }
 
-/// Parses `Azure-HMAC-SHA256 <guid> <64 hex>` exactly (hex in either case), spec §12.3 step 1.
+/// Parses `Azure-HMAC-SHA256 <guid> <64 hex>` exactly (hex in either case), spec §12.3 step 1: one space
+/// between the parts, SP and HTAB allowed around the whole value.
 pub fn parse_authorization(value: &[u8]) -> Result<(KeyGuid, Signature)> {
-    let value = std::str::from_utf8(value).map_err(|_| SignError::AuthorizationMalformed)?;
-    let mut parts = value.trim_matches([' ', '\t']).split(' ');
-    let (Some(scheme), Some(guid), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SignError::AuthorizationMalformed);
-    };
-    if scheme != SCHEME {
-        return Err(SignError::AuthorizationMalformed);
-    }
-    let guid = KeyGuid::parse(guid).map_err(|_| SignError::AuthorizationMalformed)?;
+    // Fixed widths: the scheme, a guid of `KEY_GUID_LEN` bytes and 64 hex digits, each part checked in place.
+    let parts = trim_ows(value)
+        .strip_prefix(SCHEME.as_bytes())
+        .and_then(|rest| rest.strip_prefix(b" "))
+        .and_then(|rest| rest.split_at_checked(KEY_GUID_LEN))
+        .and_then(|(guid, rest)| Some((guid, rest.strip_prefix(b" ")?)));
+    let (guid, sig) = parts.ok_or(SignError::AuthorizationMalformed)?;
+    let guid = std::str::from_utf8(guid)
+        .ok()
+        .and_then(|g| KeyGuid::parse(g).ok())
+        .ok_or(SignError::AuthorizationMalformed)?;
     let mut tag = [0u8; 32];
     hex::decode_to_slice(sig, &mut tag).map_err(|_| SignError::AuthorizationMalformed)?;
     Ok((guid, Signature(tag)))

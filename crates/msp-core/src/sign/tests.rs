@@ -369,6 +369,34 @@ mod props {
         fn parse_authorization_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_authorization(&bytes);
         }
+
+        /// The in-place parser accepts exactly what splitting the text on single spaces accepts (its earlier
+        /// form), over values near the valid shape: shifted separators, wrong lengths, bad digits, tabs.
+        #[test]
+        fn parse_authorization_is_split_on_single_spaces(
+            lead in "[ \t]{0,2}",
+            scheme in prop_oneof![Just(SCHEME.to_owned()), "Azure-HMAC-SHA25[0-9 ]"],
+            sep1 in prop_oneof![Just(" ".to_owned()), "[ \t]{0,2}"],
+            guid in prop_oneof![Just(GUID.to_owned()), Just(GUID.to_uppercase()), "[0-9a-fA-F -]{35,37}"],
+            sep2 in prop_oneof![Just(" ".to_owned()), "[ \t]{0,2}"],
+            sig in prop_oneof!["[0-9a-fA-F]{64}", "[0-9a-gA-G \t]{63,65}"],
+            trail in "[ \t]{0,2}",
+        ) {
+            let value = format!("{lead}{scheme}{sep1}{guid}{sep2}{sig}{trail}");
+            let split_on_spaces = || -> Option<(KeyGuid, String)> {
+                let mut parts = value.trim_matches([' ', '\t']).split(' ');
+                let (Some(s), Some(g), Some(t), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return None;
+                };
+                let mut tag = [0u8; 32];
+                hex::decode_to_slice(t, &mut tag).ok()?;
+                (s == SCHEME).then_some(())?;
+                Some((KeyGuid::parse(g).ok()?, hex::encode(tag)))
+            };
+            let parsed = parse_authorization(value.as_bytes()).ok().map(|(g, t)| (g, t.to_hex()));
+            prop_assert_eq!(parsed, split_on_spaces(), "{:?}", value);
+        }
     }
 }
 
