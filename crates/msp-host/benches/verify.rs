@@ -77,6 +77,8 @@ fn bench(c: &mut Criterion) {
             HeaderValue::from_str(v).unwrap(),
         );
     }
+    // How the front end read its map before `verify_head` (a copied list of fields); the name is kept so the
+    // history in BENCHMARKS.md lines up.
     g.bench_function("verify_from_headermap_as_the_front_end", |b| {
         b.iter(|| {
             let fields: Vec<(&[u8], &[u8])> = map
