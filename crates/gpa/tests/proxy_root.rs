@@ -360,10 +360,7 @@ async fn root_restart_with_a_stored_key_serves_at_once_while_the_host_is_unreach
     let second = Running::start(cfg).await;
     // No poll can succeed now: readiness can only come from the persisted status and the stored key.
     second.ready().await;
-    assert_eq!(
-        second.snapshot().key.as_ref().map(|k| k.guid.clone()),
-        Some(guid)
-    );
+    assert_eq!(second.snapshot().key.as_ref().map(|k| k.guid), Some(guid));
     let r = curl(&cgroup, None, imds_url(&host)).await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(

@@ -2,8 +2,10 @@
 //!
 //! The signature input is streamed straight into the HMAC. Its sorted header index and query entries live on the
 //! stack up to [`INLINE_FIELDS`] entries each, so the input of a request of ordinary size is computed without a
-//! heap allocation (issue 8). This module never sees a clock: the caller passes the date it wants to sign or the
-//! host time it verifies against. Key bytes live only in [`SigningKey`], which zeroes itself and never prints.
+//! heap allocation (issue 8), and so is a verification: one pass finds the host headers, the key guid is held
+//! inline, and the claims and date are read in place. This module never sees a clock: the caller passes the date
+//! it wants to sign or the host time it verifies against. Key bytes live only in [`SigningKey`], which zeroes
+//! itself and never prints.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -95,33 +97,50 @@ impl fmt::Debug for SigningKey {
 
 // === impl KeyGuid ===
 
-/// A key id: 8-4-4-4-12 hex digits, either case, kept as received (spec §2.7).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyGuid(String);
+/// Length of a key guid, `8-4-4-4-12` hex digits with dashes (spec §2.7).
+pub const KEY_GUID_LEN: usize = 36;
+
+/// A key id: 8-4-4-4-12 hex digits, either case, kept as received (spec §2.7). Held inline, so parsing and
+/// copying never allocate (the host parses one per signed request).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyGuid([u8; KEY_GUID_LEN]);
 
 impl KeyGuid {
     pub fn parse(s: &str) -> Result<KeyGuid> {
-        let b = s.as_bytes();
-        let shape_ok = b.len() == 36
-            && b.iter().enumerate().all(|(i, &c)| match i {
+        let shape_ok = |b: &[u8; KEY_GUID_LEN]| {
+            b.iter().enumerate().all(|(i, &c)| match i {
                 8 | 13 | 18 | 23 => c == b'-',
                 _ => c.is_ascii_hexdigit(),
-            });
-        if shape_ok {
-            Ok(KeyGuid(s.to_owned()))
-        } else {
-            Err(SignError::GuidMalformed { guid: s.to_owned() })
+            })
+        };
+        match <[u8; KEY_GUID_LEN]>::try_from(s.as_bytes()) {
+            Ok(bytes) if shape_ok(&bytes) => Ok(KeyGuid(bytes)),
+            _ => Err(SignError::GuidMalformed { guid: s.to_owned() }),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // `parse` admitted only ASCII hex digits and dashes.
+        std::str::from_utf8(&self.0).unwrap_or_else(|_| unreachable!("a key guid is ASCII"))
     }
 }
 
 impl fmt::Display for KeyGuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyGuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyGuid").field(&self.as_str()).finish()
+    }
+}
+
+/// Hashes as its text, as it did when it held a `String`.
+impl std::hash::Hash for KeyGuid {
+    fn hash<S: std::hash::Hasher>(&self, state: &mut S) {
+        self.as_str().hash(state);
     }
 }
 
@@ -153,7 +172,7 @@ pub fn hmac(key: &SigningKey, message: &[u8]) -> Signature {
 
 /// The value of `x-ms-azure-host-authorization`: `Azure-HMAC-SHA256 <guid> <hex>` with single spaces (spec §3.4).
 pub fn authorization_value(guid: &KeyGuid, signature: &Signature) -> String {
-    let mut out = Vec::with_capacity(SCHEME.len() + guid.0.len() + 66);
+    let mut out = Vec::with_capacity(SCHEME.len() + KEY_GUID_LEN + 66);
     write_authorization_value(&mut out, guid, signature);
     String::from_utf8(out).unwrap_or_else(|_| unreachable!("scheme, guid and hex are ASCII"))
 }
@@ -165,24 +184,25 @@ pub fn write_authorization_value(out: &mut Vec<u8>, guid: &KeyGuid, signature: &
     let _ = hex::encode_to_slice(signature.0, &mut hex);
     out.extend_from_slice(SCHEME.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(guid.0.as_bytes());
+    out.extend_from_slice(&guid.0);
     out.push(b' ');
     out.extend_from_slice(&hex);
 }
 
-/// Parses `Azure-HMAC-SHA256 <guid> <64 hex>` exactly (hex in either case), spec §12.3 step 1.
+/// Parses `Azure-HMAC-SHA256 <guid> <64 hex>` exactly (hex in either case), spec §12.3 step 1: one space
+/// between the parts, SP and HTAB allowed around the whole value.
 pub fn parse_authorization(value: &[u8]) -> Result<(KeyGuid, Signature)> {
-    let value = std::str::from_utf8(value).map_err(|_| SignError::AuthorizationMalformed)?;
-    let mut parts = value.trim_matches([' ', '\t']).split(' ');
-    let (Some(scheme), Some(guid), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SignError::AuthorizationMalformed);
-    };
-    if scheme != SCHEME {
-        return Err(SignError::AuthorizationMalformed);
-    }
-    let guid = KeyGuid::parse(guid).map_err(|_| SignError::AuthorizationMalformed)?;
+    // Fixed widths: the scheme, a guid of `KEY_GUID_LEN` bytes and 64 hex digits, each part checked in place.
+    let parts = trim_ows(value)
+        .strip_prefix(SCHEME.as_bytes())
+        .and_then(|rest| rest.strip_prefix(b" "))
+        .and_then(|rest| rest.split_at_checked(KEY_GUID_LEN))
+        .and_then(|(guid, rest)| Some((guid, rest.strip_prefix(b" ")?)));
+    let (guid, sig) = parts.ok_or(SignError::AuthorizationMalformed)?;
+    let guid = std::str::from_utf8(guid)
+        .ok()
+        .and_then(|g| KeyGuid::parse(g).ok())
+        .ok_or(SignError::AuthorizationMalformed)?;
     let mut tag = [0u8; 32];
     hex::decode_to_slice(sig, &mut tag).map_err(|_| SignError::AuthorizationMalformed)?;
     Ok((guid, Signature(tag)))
@@ -395,7 +415,8 @@ pub fn parse_host_date(s: &str) -> Result<SystemTime> {
     };
     let t = httpdate::parse_http_date(s).map_err(|_| malformed())?;
     // httpdate also accepts obsolete forms; the profile allows only the IMF-fixdate spelling.
-    if httpdate::fmt_http_date(t) == s {
+    let mut spelled = [0u8; HOST_DATE_LEN];
+    if format_host_date_into(t, &mut spelled) == s.as_bytes() {
         Ok(t)
     } else {
         Err(malformed())
@@ -430,26 +451,20 @@ pub fn verify_request<'a, H>(
 where
     H: IntoIterator<Item = (&'a [u8], &'a [u8])> + Clone,
 {
-    let header = |name: &str| {
-        parts
-            .headers
-            .clone()
-            .into_iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .last()
-            .map(|(_, v)| v)
-    };
-    let auth = header(AUTHORIZATION_HEADER).ok_or(Reason::AuthMissing)?;
+    let host = HostFields::find(parts.headers.clone());
+    let auth = host.authorization.ok_or(Reason::AuthMissing)?;
     let (guid, signature) = parse_authorization(auth).map_err(|_| Reason::AuthMalformed)?;
     let key = key_for(&guid).ok_or(Reason::KeyUnknown)?;
-    let date = header(DATE_HEADER)
+    let date = host
+        .date
         .and_then(|v| std::str::from_utf8(trim_ows(v)).ok())
         .and_then(|s| parse_host_date(s).ok())
         .ok_or(Reason::DateMissing)?;
     if !is_fresh(host_now, date, window) {
         return Err(Reason::DateSkew);
     }
-    let is_root = header(CLAIMS_HEADER)
+    let is_root = host
+        .claims
         .and_then(parse_is_root)
         .ok_or(Reason::ClaimsInvalid)?;
     if !parts.verify(&key, &signature) {
@@ -461,15 +476,44 @@ where
     })
 }
 
+/// The last value of each header verification reads, found in one pass over the fields.
+#[derive(Default)]
+struct HostFields<'a> {
+    authorization: Option<&'a [u8]>,
+    date: Option<&'a [u8]>,
+    claims: Option<&'a [u8]>,
+}
+
+impl<'a> HostFields<'a> {
+    fn find(headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> HostFields<'a> {
+        let mut found = HostFields::default();
+        for (name, value) in headers {
+            let is = |wanted: &str| name.eq_ignore_ascii_case(wanted.as_bytes());
+            let slot = if is(AUTHORIZATION_HEADER) {
+                &mut found.authorization
+            } else if is(DATE_HEADER) {
+                &mut found.date
+            } else if is(CLAIMS_HEADER) {
+                &mut found.claims
+            } else {
+                continue;
+            };
+            *slot = Some(value);
+        }
+        found
+    }
+}
+
 /// A claims header is a JSON object whose `isRoot` is the string `"true"` or `"false"` (spec §12.3 step 4).
+/// JSON escapes count as what they decode to (`"tr\u0075e"` is `true`); only then is the string copied.
 pub fn parse_is_root(value: &[u8]) -> Option<bool> {
     #[derive(serde::Deserialize)]
-    struct HostClaims {
-        #[serde(rename = "isRoot")]
-        is_root: String,
+    struct HostClaims<'a> {
+        #[serde(rename = "isRoot", borrow)]
+        is_root: std::borrow::Cow<'a, str>,
     }
-    let claims: HostClaims = serde_json::from_slice(value).ok()?;
-    match claims.is_root.as_str() {
+    let claims: HostClaims<'_> = serde_json::from_slice(value).ok()?;
+    match claims.is_root.as_ref() {
         "true" => Some(true),
         "false" => Some(false),
         _ => None,

@@ -36,5 +36,5 @@ pub mod vm;
 pub use admin::client::{AdminClient, AdminError, ProfileInfo};
 pub use config::{HostConfig, VmConfig};
 pub use frontend::policy;
-pub use frontend::{MAX_BODY, MAX_EXEMPT_BODY, MAX_HEAD_BYTES, MAX_HEAD_FIELDS};
+pub use frontend::{MAX_BODY, MAX_EXEMPT_BODY, MAX_HEAD_BYTES, MAX_HEAD_FIELDS, verify_head};
 pub use host::{Host, HostError, RunningHost};

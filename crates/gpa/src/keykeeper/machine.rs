@@ -445,7 +445,7 @@ impl KeyKeeper {
             }
         };
         let ready = ReadyKey {
-            guid: guid.clone(),
+            guid,
             key: signing,
             incarnation_id: key.incarnation_id,
         };
@@ -525,7 +525,7 @@ impl KeyKeeper {
                 if self.holds(iter.host_guid.as_deref())
                     && let Some(key) = &self.key
                 {
-                    out.push(Action::PersistStatus(key.guid.clone()));
+                    out.push(Action::PersistStatus(key.guid));
                 }
             }
         }

@@ -196,6 +196,91 @@ fn guid_shape_is_checked() {
 }
 
 #[test]
+fn guid_is_kept_as_received_and_exactly_36_bytes() {
+    let upper = GUID.to_uppercase();
+    for text in [GUID, upper.as_str()] {
+        let g = KeyGuid::parse(text).unwrap();
+        assert_eq!(g.as_str(), text);
+        assert_eq!(g.to_string(), text);
+        assert_eq!(format!("{g:?}"), format!("KeyGuid({text:?})"));
+        assert_eq!(KeyGuid::parse(&g.to_string()), Ok(g));
+    }
+    assert_ne!(KeyGuid::parse(GUID), KeyGuid::parse(&upper), "case is kept");
+    let too_short = &GUID[..35];
+    let too_long = format!("{GUID}0");
+    let dash_moved = "9cf81e970-316-4ad3-94a7-8ccbdee8ccbf";
+    // 36 bytes, not 36 ASCII characters: `é` takes two.
+    let not_ascii = "9cf81e97-0316-4ad3-94a7-8ccbdee8ccé";
+    assert_eq!(not_ascii.len(), 36);
+    for bad in [too_short, too_long.as_str(), dash_moved, not_ascii] {
+        assert_eq!(
+            KeyGuid::parse(bad),
+            Err(SignError::GuidMalformed { guid: bad.into() }),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn guids_order_and_hash_as_their_text() {
+    use std::hash::{BuildHasher, RandomState};
+    let lower = KeyGuid::parse(GUID).unwrap();
+    let upper = KeyGuid::parse(&GUID.to_uppercase()).unwrap();
+    let zeros = KeyGuid::parse("00000000-0000-0000-0000-000000000000").unwrap();
+    assert!(zeros < upper && upper < lower, "byte order of the text");
+    let state = RandomState::new();
+    assert_eq!(state.hash_one(lower), state.hash_one(GUID));
+}
+
+#[test]
+fn is_root_reads_json_strings_escaped_or_not() {
+    let cases: [(&[u8], Option<bool>); 10] = [
+        (br#"{ "isRoot": "true"}"#, Some(true)),
+        (br#"{"isRoot":"false"}"#, Some(false)),
+        (br#"{"isRoot": "tr\u0075e"}"#, Some(true)),
+        (br#"{"isRoot": "f\u0061lse", "other": 1}"#, Some(false)),
+        (br#"{"isRoot": "True"}"#, None),
+        (br#"{"isRoot": true}"#, None),
+        (br#"{"isRoot": "true", "isRoot": "true"}"#, None),
+        (br#"{"isroot": "true"}"#, None),
+        (br#"{"isRoot": "true"} x"#, None),
+        (b"{\"isRoot\": \"tr\xffe\"}", None),
+    ];
+    for (value, expected) in cases {
+        assert_eq!(
+            parse_is_root(value),
+            expected,
+            "{}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+#[test]
+fn each_host_header_counts_its_last_value_in_any_case() {
+    let stale = "Wed, 23 Apr 2025 11:00:00 GMT";
+    let fresh_last = signed(vec![
+        (DATE_HEADER.into(), stale.into()),
+        ("X-MS-Azure-Host-Claims".into(), "{}".into()),
+        ("X-MS-AZURE-HOST-DATE".into(), DATE.into()),
+        (CLAIMS_HEADER.into(), r#"{"isRoot": "false"}"#.into()),
+    ]);
+    assert_eq!(verify_at(&fresh_last, date()).map(|v| v.is_root), Ok(false));
+    let stale_last = signed(vec![
+        (DATE_HEADER.into(), DATE.into()),
+        (CLAIMS_HEADER.into(), r#"{"isRoot": "false"}"#.into()),
+        ("X-MS-Azure-Host-Date".into(), stale.into()),
+    ]);
+    assert_eq!(verify_at(&stale_last, date()), Err(Reason::DateSkew));
+    let mut broken_auth_last = signed(base_headers());
+    broken_auth_last.push(("X-MS-Azure-Host-Authorization".into(), "x".into()));
+    assert_eq!(
+        verify_at(&broken_auth_last, date()),
+        Err(Reason::AuthMalformed)
+    );
+}
+
+#[test]
 fn host_date_round_trips_and_rejects_other_forms() {
     let t = date();
     assert_eq!(format_host_date(t), DATE);
@@ -283,6 +368,34 @@ mod props {
         #[test]
         fn parse_authorization_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_authorization(&bytes);
+        }
+
+        /// The in-place parser accepts exactly what splitting the text on single spaces accepts (its earlier
+        /// form), over values near the valid shape: shifted separators, wrong lengths, bad digits, tabs.
+        #[test]
+        fn parse_authorization_is_split_on_single_spaces(
+            lead in "[ \t]{0,2}",
+            scheme in prop_oneof![Just(SCHEME.to_owned()), "Azure-HMAC-SHA25[0-9 ]"],
+            sep1 in prop_oneof![Just(" ".to_owned()), "[ \t]{0,2}"],
+            guid in prop_oneof![Just(GUID.to_owned()), Just(GUID.to_uppercase()), "[0-9a-fA-F -]{35,37}"],
+            sep2 in prop_oneof![Just(" ".to_owned()), "[ \t]{0,2}"],
+            sig in prop_oneof!["[0-9a-fA-F]{64}", "[0-9a-gA-G \t]{63,65}"],
+            trail in "[ \t]{0,2}",
+        ) {
+            let value = format!("{lead}{scheme}{sep1}{guid}{sep2}{sig}{trail}");
+            let split_on_spaces = || -> Option<(KeyGuid, String)> {
+                let mut parts = value.trim_matches([' ', '\t']).split(' ');
+                let (Some(s), Some(g), Some(t), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return None;
+                };
+                let mut tag = [0u8; 32];
+                hex::decode_to_slice(t, &mut tag).ok()?;
+                (s == SCHEME).then_some(())?;
+                Some((KeyGuid::parse(g).ok()?, hex::encode(tag)))
+            };
+            let parsed = parse_authorization(value.as_bytes()).ok().map(|(g, t)| (g, t.to_hex()));
+            prop_assert_eq!(parsed, split_on_spaces(), "{:?}", value);
         }
     }
 }

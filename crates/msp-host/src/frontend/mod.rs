@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -396,25 +396,14 @@ pub(crate) fn verify_with(
     audit: &mut AuditRecord,
     key_for: impl FnOnce(&KeyGuid) -> Option<SigningKey>,
 ) -> Result<Verified, Reason> {
-    let fields: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .collect();
-    let parts = RequestParts {
-        method: method.as_str().as_bytes(),
-        target: target.as_bytes(),
-        headers: fields.iter().copied(),
+    let (named, result) = verify_head(
+        method,
+        target,
+        headers,
         body,
-    };
-    let mut named: Option<KeyGuid> = None;
-    let result = verify_request(
-        &parts,
-        |g| {
-            named = Some(g.clone());
-            key_for(g)
-        },
         SystemTime::now(),
         shared.window,
+        key_for,
     );
     if let Some(g) = named {
         if result == Err(Reason::KeyUnknown) {
@@ -426,4 +415,63 @@ pub(crate) fn verify_with(
         audit.key_guid = Some(g.as_str().to_owned());
     }
     result
+}
+
+/// spec §12.3 steps 1–5 over a request as hyper received it, against the key `key_for` returns. Also returns the
+/// guid the authorization header named, when it parsed far enough to name one (for the audit record).
+pub fn verify_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    host_now: SystemTime,
+    window: Duration,
+    key_for: impl FnOnce(&KeyGuid) -> Option<SigningKey>,
+) -> (Option<KeyGuid>, Result<Verified, Reason>) {
+    let parts = RequestParts {
+        method: method.as_str().as_bytes(),
+        target: target.as_bytes(),
+        headers: Fields(headers),
+        body,
+    };
+    let mut named: Option<KeyGuid> = None;
+    let result = verify_request(
+        &parts,
+        |g| {
+            named = Some(*g);
+            key_for(g)
+        },
+        host_now,
+        window,
+    );
+    (named, result)
+}
+
+/// A head's fields as the signature input reads them, straight from hyper's map (no copy of the list): the
+/// verifier walks them more than once, and `HeaderMap`'s own iterator cannot be cloned.
+#[derive(Clone, Copy)]
+struct Fields<'a>(&'a HeaderMap);
+
+impl<'a> IntoIterator for Fields<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    type IntoIter = FieldsIter<'a>;
+
+    fn into_iter(self) -> FieldsIter<'a> {
+        FieldsIter(self.0.iter())
+    }
+}
+
+struct FieldsIter<'a>(http::header::Iter<'a, HeaderValue>);
+
+impl<'a> Iterator for FieldsIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value) = self.0.next()?;
+        Some((name.as_str().as_bytes(), value.as_bytes()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
 }
