@@ -82,19 +82,20 @@ pub(super) fn percent_decode_into(
 }
 
 /// Steps 5.3–5.5 on decoded bytes: overlong leads, then UTF-8 validity (never replaced), then control
-/// characters.
+/// characters. ASCII, the usual case, can fail only the last.
 pub(super) fn check_text(decoded: &[u8]) -> Result<(), CanonError> {
-    let overlong = !decoded.is_ascii()
-        && decoded.iter().enumerate().any(|(i, &b)| {
+    if !decoded.is_ascii() {
+        let overlong = decoded.iter().enumerate().any(|(i, &b)| {
             let next = decoded.get(i + 1).copied().unwrap_or(0);
             matches!(b, 0xC0 | 0xC1)
                 || (b == 0xE0 && (0x80..=0x9F).contains(&next))
                 || (b == 0xF0 && (0x80..=0x8F).contains(&next))
         });
-    if overlong {
-        return Err(CanonError::OverlongUtf8);
+        if overlong {
+            return Err(CanonError::OverlongUtf8);
+        }
+        std::str::from_utf8(decoded).map_err(|_| CanonError::InvalidUtf8)?;
     }
-    std::str::from_utf8(decoded).map_err(|_| CanonError::InvalidUtf8)?;
     // Multi-byte UTF-8 sequences only hold bytes >= 0x80, so a byte test finds exactly the control characters.
     if decoded.iter().any(|&b| b < 0x20 || b == 0x7F) {
         return Err(CanonError::ControlChar);
