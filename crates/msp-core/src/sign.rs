@@ -512,6 +512,13 @@ pub fn parse_is_root(value: &[u8]) -> Option<bool> {
         #[serde(rename = "isRoot", borrow)]
         is_root: std::borrow::Cow<'a, str>,
     }
+    // serde's derive also reads a struct from a JSON array (`["true"]`); only an object is a claims header.
+    let first = value
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return None;
+    }
     let claims: HostClaims<'_> = serde_json::from_slice(value).ok()?;
     match claims.is_root.as_ref() {
         "true" => Some(true),

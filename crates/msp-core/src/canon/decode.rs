@@ -23,11 +23,12 @@ fn escape_at(raw: &[u8], i: usize) -> Option<u8> {
 /// Step 0 (spec §5.2): a raw path holding `//`, or `..` after one lenient decode (a `%` that starts no
 /// well-formed escape is kept as is), is refused with [`CanonError::PathTraversal`].
 pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
-    let mut prev_raw = 0;
+    let mut prev_slash = false;
     let mut prev_dot = false;
     let mut i = 0;
     while let Some(&b) = raw_path.get(i) {
-        if b == b'/' && prev_raw == b'/' {
+        let slash = b == b'/';
+        if slash && prev_slash {
             return Err(CanonError::PathTraversal);
         }
         let (byte, width) = match b {
@@ -39,8 +40,8 @@ pub fn traversal_guard(raw_path: &[u8]) -> Result<(), CanonError> {
             return Err(CanonError::PathTraversal);
         }
         prev_dot = dot;
-        // An escape never spells `/` for the `//` test: only raw slashes count.
-        prev_raw = if width == 1 { b } else { 0 };
+        // Only raw slashes count for `//`: an escaped one (`%2F`) does not.
+        prev_slash = slash;
         i += width;
     }
     Ok(())

@@ -96,6 +96,7 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
     // 5.9
     let kept = resolve_segments(&mut bytes)?;
     bytes.truncate(kept);
+    // Step 5.6 admitted only ASCII, so this cannot fail.
     let joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
     // 5.10
     let trailing_slash = trailing_slash && !joined.is_empty();

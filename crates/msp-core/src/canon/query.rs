@@ -13,9 +13,9 @@ const INLINE_PAIRS: usize = 4;
 
 /// The canonical query: `(key, value)` pairs sorted by key (stable, so each key's values keep their order).
 ///
-/// The decoded keys and values sit back to back in one string, so a query costs one allocation however many
-/// parameters it has (issue 8).
-#[derive(Debug, Clone, Default)]
+/// The decoded keys and values sit back to back in one string and the pairs' places in it are sorted on the
+/// stack, so a query of up to [`INLINE_PAIRS`] parameters costs one allocation (issue 8).
+#[derive(Clone, Default)]
 pub struct CanonicalQuery {
     /// Every kept key and value, decoded and lowercased, in request order.
     text: String,
@@ -101,6 +101,13 @@ impl Pair {
 
     fn value(self, text: &str) -> &str {
         text.get(self.split..self.end).unwrap_or_default()
+    }
+}
+
+/// Prints the sorted pairs, not their offsets.
+impl fmt::Debug for CanonicalQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.pairs()).finish()
     }
 }
 

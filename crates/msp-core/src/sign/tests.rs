@@ -234,7 +234,7 @@ fn guids_order_and_hash_as_their_text() {
 
 #[test]
 fn is_root_reads_json_strings_escaped_or_not() {
-    let cases: [(&[u8], Option<bool>); 10] = [
+    let cases: [(&[u8], Option<bool>); 13] = [
         (br#"{ "isRoot": "true"}"#, Some(true)),
         (br#"{"isRoot":"false"}"#, Some(false)),
         (br#"{"isRoot": "tr\u0075e"}"#, Some(true)),
@@ -245,6 +245,10 @@ fn is_root_reads_json_strings_escaped_or_not() {
         (br#"{"isroot": "true"}"#, None),
         (br#"{"isRoot": "true"} x"#, None),
         (b"{\"isRoot\": \"tr\xffe\"}", None),
+        // spec §12.3 step 4: a JSON object; serde's derive alone would read these arrays as the struct.
+        (br#"["true"]"#, None),
+        (br#" ["false"]"#, None),
+        (b" \r\n\t{\"isRoot\": \"true\"}", Some(true)),
     ];
     for (value, expected) in cases {
         assert_eq!(

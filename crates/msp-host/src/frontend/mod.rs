@@ -461,6 +461,7 @@ impl<'a> IntoIterator for Fields<'a> {
     }
 }
 
+/// The walk over [`Fields`]: each name and value as bytes.
 struct FieldsIter<'a>(http::header::Iter<'a, HeaderValue>);
 
 impl<'a> Iterator for FieldsIter<'a> {
