@@ -14,7 +14,7 @@ const INLINE_PAIRS: usize = 4;
 /// The canonical query: `(key, value)` pairs sorted by key (stable, so each key's values keep their order).
 ///
 /// The decoded keys and values sit back to back in one string and the pairs' places in it are sorted on the
-/// stack, so a query of up to [`INLINE_PAIRS`] parameters costs one allocation (issue 8).
+/// stack, so a query of up to `INLINE_PAIRS` (4) parameters costs one allocation (issue 8).
 #[derive(Clone, Default)]
 pub struct CanonicalQuery {
     /// Every kept key and value, decoded and lowercased, in request order.
