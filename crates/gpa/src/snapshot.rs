@@ -84,8 +84,7 @@ impl Snapshot {
 
     /// [`Snapshot::date_header`] into `buf`, for the request path: no allocation.
     pub fn date_header_into<'b>(&self, buf: &'b mut [u8; sign::HOST_DATE_LEN]) -> &'b [u8] {
-        let t = self.clock.host_time(Instant::now(), SystemTime::now());
-        sign::format_host_date_into(t, buf)
+        sign::format_host_date_into(self.clock.now(), buf)
     }
 }
 
@@ -112,6 +111,15 @@ impl HostClock {
         match self.anchor {
             Some((host_utc, at)) => host_utc + now.saturating_duration_since(at),
             None => local_now,
+        }
+    }
+
+    /// [`HostClock::host_time`] now, reading only the clock it needs: the monotonic one once synced, the wall
+    /// clock before.
+    pub fn now(&self) -> SystemTime {
+        match self.anchor {
+            Some(_) => self.host_time(Instant::now(), SystemTime::UNIX_EPOCH),
+            None => SystemTime::now(),
         }
     }
 

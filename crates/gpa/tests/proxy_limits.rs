@@ -326,6 +326,119 @@ async fn keep_alive_uses_one_upstream_connection_and_reopens_after_a_clean_close
     t.stop().await;
 }
 
+/// A silent close of `s` within `within`, without a byte.
+async fn closed_silently(s: &mut tokio::net::TcpStream, within: Duration) {
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(within, s.read_to_end(&mut buf))
+        .await
+        .expect("the connection was closed")
+        .unwrap();
+    assert_eq!(n, 0, "{}", text(&buf));
+}
+
+/// The keep-alive idle limit (spec §8.4) and the head limit after it, which is shorter here: the connection's
+/// timer, armed for the idle wait, has to move back to the head's deadline when a head starts to arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_silently_and_a_late_head_gets_its_own_shorter_limit() {
+    let t = TestAgent::start(Options {
+        idle_timeout: 3,
+        header_timeout: 1,
+        ..Options::default()
+    })
+    .await;
+    t.ready().await;
+    let h = t.imds();
+    let (mut idle, mut slow) = (t.connect(h, Who::Root).await, t.connect(h, Who::Root).await);
+    for s in [&mut idle, &mut slow] {
+        s.write_all(&get("/metadata/a", h)).await.unwrap();
+        assert_eq!(read_response(s).await.status, 200);
+    }
+    let started = Instant::now();
+    slow.write_all(b"GET /metadata/b HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let r = read_response(&mut slow).await;
+    let head_waited = started.elapsed();
+    assert_eq!(r.refusal(), (408, "HEADER_TIMEOUT".to_owned()));
+    assert!(
+        head_waited >= Duration::from_millis(900) && head_waited < Duration::from_millis(2500),
+        "the 1 s head limit, not the 3 s idle one: {head_waited:?}"
+    );
+    closed_silently(&mut idle, STEP).await;
+    let idled = started.elapsed();
+    assert!(
+        idled >= Duration::from_millis(2800),
+        "open for the idle limit: {idled:?}"
+    );
+    t.stop().await;
+}
+
+/// Stopping the agent closes the connections waiting for their next request at once (not at the 60 s idle
+/// limit), and lets a request in flight finish: its client gets its answer, then the stop completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_idle_connections_at_once_and_finishes_requests_in_flight() {
+    let t = TestAgent::start(Options {
+        upstream_response_timeout: 2,
+        ..Options::default()
+    })
+    .await;
+    t.ready().await;
+    let h = t.imds();
+    let mut idle = t.connect(h, Who::Root).await;
+    idle.write_all(&get("/metadata/a", h)).await.unwrap();
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    t.recorder.set_reply(Reply::Silence);
+    let mut busy = t.connect(h, Who::Root).await;
+    busy.write_all(&get("/metadata/slow", h)).await.unwrap();
+    let deadline = Instant::now() + STEP;
+    while t.recorder.requests.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = async {
+        tokio::time::timeout(STEP, t.stop())
+            .await
+            .expect("the stop completes");
+    };
+    let idle_closed = closed_silently(&mut idle, STEP);
+    let (_, (), answer) = tokio::join!(stopped, idle_closed, read_response(&mut busy));
+    assert_eq!(answer.refusal(), (504, "UPSTREAM_TIMEOUT".to_owned()));
+}
+
+/// The configuration puts no upper bound on the timeouts: the largest ones wait (practically) forever instead of
+/// overflowing the clock arithmetic, which used to panic the connection's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_configurable_timeouts_serve_requests() {
+    let t = TestAgent::start(Options {
+        idle_timeout: u64::MAX,
+        header_timeout: u64::MAX,
+        upstream_response_timeout: u64::MAX,
+        ..Options::default()
+    })
+    .await;
+    t.ready().await;
+    let h = t.imds();
+    let mut s = t.connect(h, Who::Root).await;
+    s.write_all(b"GET /metadata/a HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(format!("st: {h}\r\nMetadata: true\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s).await.status,
+        200,
+        "a head in two pieces"
+    );
+    s.write_all(&get("/metadata/b", h)).await.unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200, "and the next one");
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_connections_get_503() {
     let t = TestAgent::start(Options {

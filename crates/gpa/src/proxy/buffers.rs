@@ -6,11 +6,19 @@
 //! not leave a hole between the long-lived allocations of other connections (`malloc_trim` cannot return such
 //! holes). Taking and giving back is one thread-local `Vec` pop or push: no lock, no syscall.
 //!
+//! A connection's task may move to the other runtime thread in the middle of a request, so a box is often taken
+//! from one thread's pool and given back to another's. Left alone, that drift fills one pool and empties the
+//! other: at 64 keep-alive connections about one request in fifteen found its pool empty and grew a fresh box
+//! (a dozen allocations as its buffers grow), while the full pool freed what it could not keep. So a thread
+//! whose pool is full moves half of it to a shared depot, and a thread whose pool is empty takes a batch from
+//! there: one lock per [`BATCH`] boxes that change threads.
+//!
 //! This module must never hand out a box that still holds a previous request's bytes or parsed head, keep more
 //! than [`POOL_MAX_PER_THREAD`] boxes per thread, or pool a buffer whose capacity exceeds
 //! [`POOLED_BUFFER_MAX`] (a 64 KiB request must not pin 64 KiB for good).
 
 use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use bytes::BytesMut;
 
@@ -82,29 +90,64 @@ fn clear_and_trim(b: &mut BytesMut) {
     }
 }
 
+/// Boxes moved between a thread's pool and the depot at once; also the most the depot keeps.
+const BATCH: usize = POOL_MAX_PER_THREAD / 2;
+
+/// A stack of boxes.
+#[allow(clippy::vec_box)]
+type Stack = Vec<Box<Buffers>>;
+
+/// Boxes from threads whose pools were full, for threads whose pools are empty.
+static DEPOT: Mutex<Stack> = Mutex::new(Vec::new());
+
 thread_local! {
     // Boxes, not values: a box moves between a connection and the pool without being reallocated or copied.
     #[allow(clippy::vec_box)]
     static POOL: RefCell<Vec<Box<Buffers>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A box from this thread's pool, or a new one.
+/// A box from this thread's pool (refilled from the depot when empty), or a new one.
 fn take() -> Box<Buffers> {
-    POOL.try_with(|p| p.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    POOL.try_with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.is_empty() {
+            refill(&mut pool, &DEPOT);
+        }
+        pool.pop()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }
 
-/// Recycles `b` into this thread's pool; when the pool is full (or the thread is ending) it is freed.
+/// Recycles `b` into this thread's pool, making room in the depot when the pool is full. Freed when the thread
+/// is ending.
 fn give(mut b: Box<Buffers>) {
     let _ = POOL.try_with(|p| {
         let mut pool = p.borrow_mut();
-        if pool.len() < POOL_MAX_PER_THREAD {
-            b.recycle();
-            pool.push(b);
+        if pool.len() >= POOL_MAX_PER_THREAD {
+            spill(&mut pool, &DEPOT);
         }
+        b.recycle();
+        pool.push(b);
     });
+}
+
+/// Moves up to [`BATCH`] boxes from `depot` to an empty `pool`.
+fn refill(pool: &mut Stack, depot: &Mutex<Stack>) {
+    let mut depot = depot.lock().unwrap_or_else(PoisonError::into_inner);
+    let from = depot.len().saturating_sub(BATCH);
+    pool.extend(depot.drain(from..));
+}
+
+/// Moves [`BATCH`] boxes from a full `pool` to `depot`; what the depot has no room for is freed, after the lock.
+fn spill(pool: &mut Stack, depot: &Mutex<Stack>) {
+    let mut spilled = pool.split_off(pool.len().saturating_sub(BATCH));
+    let mut depot = depot.lock().unwrap_or_else(PoisonError::into_inner);
+    let room = BATCH.saturating_sub(depot.len()).min(spilled.len());
+    depot.extend(spilled.drain(..room));
+    drop(depot);
+    drop(spilled);
 }
 
 /// [`Buffers`] in one box, taken from the pool on the first write and given back by
@@ -258,6 +301,47 @@ mod tests {
             })
             .collect();
         drop(held);
-        assert_eq!(pool_len(), POOL_MAX_PER_THREAD);
+        // Full at 64, it moved half to the depot (shared with the other tests' threads) and took the last ten.
+        assert_eq!(pool_len(), POOL_MAX_PER_THREAD - BATCH + 10);
+        assert!(DEPOT.lock().unwrap().len() <= BATCH);
+    }
+
+    fn boxes(n: usize) -> Stack {
+        (0..n).map(|_| Box::default()).collect()
+    }
+
+    fn addresses(stack: &Stack) -> Vec<*const Buffers> {
+        stack.iter().map(|b| &raw const **b).collect()
+    }
+
+    #[test]
+    fn g1_boxes_given_back_on_a_full_thread_serve_an_empty_one() {
+        let depot = Mutex::new(Vec::new());
+        // The thread where requests end: its pool is full.
+        let mut full = boxes(POOL_MAX_PER_THREAD);
+        let moved = addresses(&full)[POOL_MAX_PER_THREAD - BATCH..].to_vec();
+        spill(&mut full, &depot);
+        assert_eq!(full.len(), POOL_MAX_PER_THREAD - BATCH);
+        // The thread where requests start: its pool is empty, and gets the very boxes the other one gave back.
+        let mut empty = Vec::new();
+        refill(&mut empty, &depot);
+        assert_eq!(addresses(&empty), moved);
+        assert!(depot.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn g1_the_depot_is_bounded_and_frees_what_it_cannot_keep() {
+        let depot = Mutex::new(boxes(BATCH - 5));
+        let mut full = boxes(POOL_MAX_PER_THREAD);
+        spill(&mut full, &depot);
+        assert_eq!(
+            depot.lock().unwrap().len(),
+            BATCH,
+            "room for five, the rest freed"
+        );
+        assert_eq!(full.len(), POOL_MAX_PER_THREAD - BATCH);
+        let mut empty = Vec::new();
+        refill(&mut empty, &depot);
+        assert_eq!(empty.len(), BATCH);
     }
 }

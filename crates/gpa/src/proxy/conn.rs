@@ -12,7 +12,7 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::ready;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -21,8 +21,7 @@ use msp_core::{Claims, Reason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, timeout, timeout_at};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
 use super::buffers::OnDemand;
@@ -32,6 +31,8 @@ use super::head::{self, HeadError, Version};
 use super::limits::{INITIAL_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
+use super::stop::{Stop, Watch};
+use super::timer::{Deadline, Timer, after};
 use super::{Attribution, Lookup, Shared};
 use crate::clock;
 use crate::logfile::CONNECTION_TARGET;
@@ -58,7 +59,9 @@ pub(super) struct Conn {
     summary: Option<(SummaryKind, u16, Counter)>,
     /// A write to the client failed: nobody is reading any more.
     client_gone: bool,
-    cancel: CancellationToken,
+    /// The one timer of every wait of this connection.
+    pub(super) timer: Timer,
+    stop: Watch,
     /// The connection's place under the cap (spec §8.4): given back when the connection ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -91,11 +94,12 @@ impl Conn {
         shared: Arc<Shared>,
         client: TcpStream,
         accepted: Accepted,
-        cancel: CancellationToken,
+        stop: Arc<Stop>,
         permit: OwnedSemaphorePermit,
     ) -> Box<Conn> {
         let Accepted { peer, local, at } = accepted;
         let caller = caller(Attribution::Direct, peer, local, &shared);
+        let timer = Timer::new(after(at, shared.timeouts.head));
         Box::new(Conn {
             shared,
             client,
@@ -107,7 +111,8 @@ impl Conn {
             upstream: None,
             summary: None,
             client_gone: false,
-            cancel,
+            timer,
+            stop: Watch::new(stop),
             _permit: permit,
         })
     }
@@ -207,7 +212,7 @@ impl Conn {
             }
             // Boxed, like the closing paths: the request's futures (forward, relay, local answers) live on the
             // heap only while a request is in flight, so an idle connection's task holds just the head wait.
-            if !Box::pin(self.request()).await || self.cancel.is_cancelled() {
+            if !Box::pin(self.request()).await || self.stop.is_stopped() {
                 return Box::pin(self.close()).await;
             }
             // The response is done: the buffers go back to the pool until the next request's bytes arrive.
@@ -216,17 +221,15 @@ impl Conn {
     }
 
     /// Waits for a complete head (spec §8.4): from the accept for the first request, from its first byte for
-    /// later ones, after at most the idle timeout of silence.
+    /// later ones, after at most the idle timeout of silence. A stop of the proxy closes a connection waiting here.
     async fn read_head(&mut self) -> HeadRead {
-        let idle_deadline = Instant::now() + self.shared.timeouts.idle;
-        let mut head_deadline = self
+        let mut head = self
             .accepted_at
             .take()
-            .map(|at| at + self.shared.timeouts.head);
+            .map(|at| Deadline::At(after(at, self.shared.timeouts.head)));
         let mut scanned = 0;
         loop {
             if !self.b.rbuf.is_empty() {
-                head_deadline.get_or_insert_with(|| Instant::now() + self.shared.timeouts.head);
                 if let Some(end) = head::find_end(&self.b.rbuf, scanned) {
                     return HeadRead::Ready(end);
                 }
@@ -234,17 +237,17 @@ impl Conn {
                 if let Err(e) = head::check_partial(&self.b.rbuf) {
                     return HeadRead::Refuse(e);
                 }
+                // Counted from the first byte, which has just arrived.
+                head.get_or_insert(Deadline::After(self.shared.timeouts.head));
             }
-            let deadline = head_deadline.unwrap_or(idle_deadline);
-            let read = tokio::select! {
-                () = self.cancel.cancelled() => return HeadRead::Close,
-                r = timeout_at(deadline, read_some(&mut self.client, &mut self.b)) => r,
-            };
-            match read {
-                Err(_) if self.b.rbuf.is_empty() => return HeadRead::Close,
-                Err(_) => return HeadRead::TimedOut,
-                Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Close,
-                Ok(Ok(_)) => {}
+            let mut idle = Deadline::After(self.shared.timeouts.idle);
+            let deadline = head.as_mut().unwrap_or(&mut idle);
+            let read = read_some(&mut self.client, &mut self.b, &mut self.stop);
+            match self.timer.within(deadline, read).await {
+                None if self.b.rbuf.is_empty() => return HeadRead::Close,
+                None => return HeadRead::TimedOut,
+                Some(Ok(0) | Err(_)) => return HeadRead::Close,
+                Some(Ok(_)) => {}
             }
         }
     }
@@ -320,11 +323,12 @@ impl Conn {
         kind: SummaryKind,
         detail: &str,
     ) {
-        let elapsed = started.elapsed();
         let target = self.b.head.target.of(&self.b.head_buf);
         // Within a connection the summary key differs only by status: a repeat is one atomic add.
         let counted = match &self.summary {
-            Some((k, s, counter)) if *k == kind && *s == status => counter.add(clock::unix_ms()),
+            Some((k, s, counter)) if *k == kind && *s == status => {
+                counter.add(clock::unix_ms_coarse())
+            }
             _ => false,
         };
         if !counted {
@@ -337,7 +341,7 @@ impl Conn {
                 &self.caller.claims,
                 self.caller.original_dst.unwrap_or(self.local),
                 status_code,
-                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 detail,
             );
             self.summary = self
@@ -354,23 +358,25 @@ impl Conn {
             path = %String::from_utf8_lossy(msp_core::canon::raw_path(target)),
             status,
             reason = reason.map_or("", Reason::code),
-            elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            // Read only when the line is logged.
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "request"
         );
     }
 
     /// The downstream connection may carry another request after this one (spec §8.1: keep-alive on HTTP/1.1).
     pub(super) fn client_keep_alive(&self) -> bool {
-        self.b.head.version == Version::Http11 && !self.b.head.close && !self.cancel.is_cancelled()
+        self.b.head.version == Version::Http11 && !self.b.head.close && !self.stop.is_stopped()
     }
 
     /// Reads more request bytes, waiting at most the idle timeout; false when the client is gone.
     pub(super) async fn fill(&mut self) -> bool {
         let rbuf = &mut self.b.rbuf;
         make_room(rbuf);
+        let read = self.client.read_buf(rbuf);
         matches!(
-            timeout(self.shared.timeouts.idle, self.client.read_buf(rbuf)).await,
-            Ok(Ok(n)) if n > 0
+            self.timer.within_for(self.shared.timeouts.idle, read).await,
+            Some(Ok(n)) if n > 0
         )
     }
 
@@ -390,13 +396,13 @@ impl Conn {
     /// Writes `out` to the client (bounded by the idle timeout); a failure leaves nothing to answer.
     pub(super) async fn write_out(&mut self) {
         self.upstream = None;
-        let written = timeout(
-            self.shared.timeouts.idle,
-            self.client.write_all(&self.b.out),
-        )
-        .await;
+        let write = self.client.write_all(&self.b.out);
+        let written = self
+            .timer
+            .within_for(self.shared.timeouts.idle, write)
+            .await;
         self.b.out.clear();
-        self.client_gone |= !matches!(written, Ok(Ok(())));
+        self.client_gone |= !matches!(written, Some(Ok(())));
     }
 
     /// Closes gracefully: FIN first, then a bounded drain of what the client still sends, so it reads the
@@ -420,7 +426,7 @@ fn make_room(buf: &mut BytesMut) {
 
 /// Waits until the client socket is readable, then reads what is there into the read buffer. The buffers are
 /// taken only then, and given straight back when nothing came (an idle connection holds no buffers). `Ok(0)`: the
-/// client closed.
+/// client closed, or the proxy is stopping.
 ///
 /// A plain poll on the socket's read readiness: unlike `readable()`, it keeps no waiter of its own in the
 /// connection's task. The read itself is tokio's `poll_read`, which takes a read that leaves room in the buffer
@@ -429,8 +435,12 @@ fn make_room(buf: &mut BytesMut) {
 fn read_some<'a>(
     client: &'a mut TcpStream,
     b: &'a mut OnDemand,
+    stop: &'a mut Watch,
 ) -> impl Future<Output = std::io::Result<usize>> + 'a {
     poll_fn(move |cx| {
+        if stop.poll_stopped(cx) {
+            return Poll::Ready(Ok(0));
+        }
         ready!(client.poll_read_ready(cx))?;
         let buf = &mut b.rbuf;
         make_room(buf);

@@ -13,7 +13,6 @@ use msp_core::endpoint::unmap;
 use msp_core::sign::{self, RequestParts};
 use msp_core::{Claims, Reason};
 use tokio::io::AsyncWriteExt;
-use tokio::time::{Instant, timeout};
 
 use super::chunked::ChunkedDecoder;
 use super::conn::Conn;
@@ -97,7 +96,7 @@ impl Conn {
             }
             let limit = self.shared.timeouts.upstream_response;
             let sent = match self.upstream.as_mut() {
-                Some(up) => up.send(&self.b.send, limit).await,
+                Some(up) => up.send(&self.b.send, limit, &mut self.timer).await,
                 None => return Outcome::Refused(Reason::Internal),
             };
             if let Err(reason) = sent {
@@ -137,7 +136,6 @@ impl Conn {
         let x = Exchange {
             head_request: self.b.head.method.of(&self.b.head_buf) == b"HEAD",
             client_keep_alive: self.client_keep_alive(),
-            sent_at: Instant::now(),
             response_timeout: self.shared.timeouts.upstream_response,
             write_timeout: self.shared.timeouts.idle,
         };
@@ -151,7 +149,12 @@ impl Conn {
         // bytes may still sit in a kept box).
         let b = &mut *self.b;
         b.ubuf.clear();
-        relay::relay(up, &mut b.ubuf, &mut self.client, x, &mut b.out).await
+        let client = relay::Client {
+            stream: &mut self.client,
+            timer: &mut self.timer,
+            out: &mut b.out,
+        };
+        relay::relay(up, &mut b.ubuf, client, x).await
     }
 
     fn relayed(&mut self, result: Result<relay::Relayed, RelayError>) -> Outcome {
@@ -224,7 +227,7 @@ impl Conn {
         let Some(up) = self.upstream.as_mut() else {
             return Err(Reason::Internal);
         };
-        let result = up.send(&self.b.send, limit).await;
+        let result = up.send(&self.b.send, limit, &mut self.timer).await;
         self.b.send.clear();
         result.inspect_err(|_| self.upstream = None)
     }
@@ -345,13 +348,13 @@ impl Conn {
             return Ok(());
         }
         self.b.head.expect_continue = false;
-        match timeout(
-            self.shared.timeouts.idle,
-            self.client.write_all(response::CONTINUE),
-        )
-        .await
+        let write = self.client.write_all(response::CONTINUE);
+        match self
+            .timer
+            .within_for(self.shared.timeouts.idle, write)
+            .await
         {
-            Ok(Ok(())) => Ok(()),
+            Some(Ok(())) => Ok(()),
             _ => Err(Outcome::Broken { status: 0 }),
         }
     }

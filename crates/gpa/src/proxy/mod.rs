@@ -33,6 +33,8 @@ mod local;
 mod relay;
 pub mod response;
 mod rlimit;
+mod stop;
+mod timer;
 
 #[cfg(target_os = "linux")]
 mod kernel;
@@ -116,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) provisioning: Arc<Provisioning>,
     pub(crate) keeper: KeeperHandle,
     pub(crate) attributor: Arc<dyn Attributor>,
+    /// Set when the proxy stops accepting; read by every request (graceful stop).
+    stop: Arc<stop::Stop>,
     next_id: AtomicU64,
 }
 
@@ -137,6 +141,7 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         provisioning: ctx.provisioning,
         keeper: ctx.keeper,
         attributor,
+        stop: Arc::default(),
         next_id: AtomicU64::new(0),
     });
     let permits = Arc::new(Semaphore::new(
@@ -181,13 +186,13 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         let accepted_at = Instant::now();
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let (shared, cancel) = (shared.clone(), cancel.clone());
+                let stop = shared.stop.clone();
                 let at = conn::Accepted {
                     peer,
                     local,
                     at: accepted_at,
                 };
-                let conn = conn::Conn::accepted(shared, stream, at, cancel, permit);
+                let conn = conn::Conn::accepted(shared.clone(), stream, at, stop, permit);
                 tracker.spawn(conn::serve(conn));
             }
             Err(_) => {
@@ -203,6 +208,8 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     }
     drop(ctx.listener);
     drop(ctx.listener_v6);
+    // Connections between requests close now; the others after the request they are serving.
+    shared.stop.stop();
     tracker.close();
     tracker.wait().await;
     tracing::info!("proxy stopped");

@@ -16,13 +16,16 @@ use bytes::{Buf, BytesMut};
 use msp_core::Reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::Instant;
+#[cfg(not(target_os = "linux"))]
+use tokio::time::timeout_at;
 
 use super::chunked::ChunkedDecoder;
 use super::head::{parse_decimal, trim_ows};
 use super::limits::{
     BODY_READ, INITIAL_BUFFER, MAX_INTERIM_RESPONSES, MAX_RESPONSE_FIELDS, MAX_RESPONSE_HEAD_BYTES,
 };
+use super::timer::{Deadline, Timer, after};
 
 /// The relay marker (spec §3.6).
 pub(super) const MARKER: &[u8] = b"x-ms-azure-host-authorization: value\r\n";
@@ -40,7 +43,7 @@ impl Upstream {
     /// Starts connecting; the handshake must be done within `limit` (spec §8.4), which the first
     /// [`send`](Self::send) checks: 502 `UPSTREAM_CONNECT` otherwise.
     pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> Result<Upstream, Reason> {
-        let deadline = Instant::now() + limit;
+        let deadline = after(Instant::now(), limit);
         #[cfg(target_os = "linux")]
         let stream = start_connect(addr).map_err(|_| Reason::UpstreamConnect)?;
         #[cfg(not(target_os = "linux"))]
@@ -66,22 +69,32 @@ impl Upstream {
     /// Sends `bytes` (the exact request head and body), within `limit`. A connection whose handshake failed or
     /// did not finish within the connect limit is 502 `UPSTREAM_CONNECT`, and so is a connection the host closed
     /// or reset; any other failure is 503 `UPSTREAM_SEND` (spec §8.5).
-    pub(super) async fn send(&mut self, bytes: &[u8], limit: Duration) -> Result<(), Reason> {
+    pub(super) async fn send(
+        &mut self,
+        bytes: &[u8],
+        limit: Duration,
+        timer: &mut Timer,
+    ) -> Result<(), Reason> {
         let rest = match self.connecting.take() {
-            Some(deadline) => self.first_send(bytes, deadline).await?,
+            Some(deadline) => self.first_send(bytes, deadline, timer).await?,
             None => bytes,
         };
-        match timeout(limit, self.stream.write_all(rest)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(send_error(&e)),
-            Err(_) => Err(Reason::UpstreamSend),
+        match timer.within_for(limit, self.stream.write_all(rest)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(send_error(&e)),
+            None => Err(Reason::UpstreamSend),
         }
     }
 
     /// The first send on a new connection, without first waiting for the socket to report writable: to a host on
     /// the same machine or next to it, the handshake is done by the time `connect` returns, so the request goes
     /// out at once (two syscalls and one wake-up fewer). Returns what is left to send.
-    async fn first_send<'a>(&self, bytes: &'a [u8], deadline: Instant) -> Result<&'a [u8], Reason> {
+    async fn first_send<'a>(
+        &self,
+        bytes: &'a [u8],
+        deadline: Instant,
+        timer: &mut Timer,
+    ) -> Result<&'a [u8], Reason> {
         use std::io::ErrorKind;
         match send_now(&self.stream, bytes) {
             Ok(n) => return Ok(bytes.get(n..).unwrap_or_default()),
@@ -89,9 +102,10 @@ impl Upstream {
             Err(e) => return Err(connect_error(&e)),
         }
         // Still connecting: wait for the outcome, as a plain connect would.
+        let writable = self.stream.writable();
         if !matches!(
-            timeout_at(deadline, self.stream.writable()).await,
-            Ok(Ok(()))
+            timer.within(&mut Deadline::At(deadline), writable).await,
+            Some(Ok(()))
         ) {
             return Err(Reason::UpstreamConnect);
         }
@@ -210,24 +224,35 @@ pub(super) struct Exchange {
     pub(super) head_request: bool,
     /// The client connection may stay open after this response (HTTP/1.1 without `Connection: close`).
     pub(super) client_keep_alive: bool,
-    /// When the request was fully sent: the response-head timeout runs from here.
-    pub(super) sent_at: Instant,
-    /// Upstream response timeout: for the head, and for every wait for body bytes (spec §8.4).
+    /// Upstream response timeout: for the whole head, from when the relay first waits for it (the request
+    /// has been sent by then), and for every wait for body bytes (spec §8.4).
     pub(super) response_timeout: Duration,
     /// Bound on every write to the client.
     pub(super) write_timeout: Duration,
 }
 
-/// Reads the response to the request just sent into `buf` and relays it to `client`, head rewritten per spec
-/// §3.6.
+/// The connection's side of a relay: its client socket, its timer, and the buffer the response head is
+/// rewritten into.
+pub(super) struct Client<'a> {
+    pub(super) stream: &'a mut TcpStream,
+    pub(super) timer: &'a mut Timer,
+    pub(super) out: &'a mut Vec<u8>,
+}
+
+/// Reads the response to the request just sent into `buf` and relays it to the client, head rewritten per
+/// spec §3.6.
 pub(super) async fn relay(
     up: &mut Upstream,
     buf: &mut BytesMut,
-    client: &mut TcpStream,
+    client: Client<'_>,
     x: Exchange,
-    out: &mut Vec<u8>,
 ) -> Result<Relayed, RelayError> {
-    let deadline = x.sent_at + x.response_timeout;
+    let Client {
+        stream: client,
+        timer,
+        out,
+    } = client;
+    let mut deadline = Deadline::After(x.response_timeout);
     let mut interim = 0;
     let mut received_any = false;
     let (head_len, status, body, key_unknown, upstream_keep) = loop {
@@ -249,27 +274,37 @@ pub(super) async fn relay(
             return Err(protocol());
         }
         buf.reserve(INITIAL_BUFFER);
-        match timeout_at(deadline, up.stream.read_buf(buf)).await {
-            Err(_) => {
+        match timer.within(&mut deadline, up.stream.read_buf(buf)).await {
+            None => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamTimeout,
                     nothing_received: false,
                 });
             }
-            Ok(Ok(0)) | Ok(Err(_)) => {
+            Some(Ok(0) | Err(_)) => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamConnect,
                     nothing_received: !received_any && buf.is_empty(),
                 });
             }
-            Ok(Ok(_)) => received_any = true,
+            Some(Ok(_)) => received_any = true,
         }
     };
     buf.advance(head_len);
     let client_open = x.client_keep_alive && body != Body::UntilClose;
-    let upstream_open = relay_body(up, buf, client, body, x, out)
-        .await
-        .map_err(|()| RelayError::AfterHead(status))?;
+    let upstream_open = relay_body(
+        up,
+        buf,
+        Client {
+            stream: client,
+            timer,
+            out,
+        },
+        body,
+        x,
+    )
+    .await
+    .map_err(|()| RelayError::AfterHead(status))?;
     Ok(Relayed {
         status,
         key_unknown,
@@ -289,11 +324,15 @@ fn protocol() -> RelayError {
 async fn relay_body(
     up: &mut Upstream,
     buf: &mut BytesMut,
-    client: &mut TcpStream,
+    client: Client<'_>,
     body: Body,
     x: Exchange,
-    out: &mut Vec<u8>,
 ) -> Result<bool, ()> {
+    let Client {
+        stream: client,
+        timer,
+        out,
+    } = client;
     let mut remaining = match body {
         Body::Length(n) => n,
         _ => 0,
@@ -329,9 +368,11 @@ async fn relay_body(
         let bytes = buf.get(..take).unwrap_or_default();
         if !out.is_empty() {
             out.extend_from_slice(bytes);
-            write_client(client, out, x.write_timeout).await?;
+            let written = write_all(client, out, x.write_timeout, timer).await;
+            out.clear();
+            written?;
         } else if !bytes.is_empty() {
-            write_all(client, bytes, x.write_timeout).await?;
+            write_all(client, bytes, x.write_timeout, timer).await?;
         }
         buf.advance(take);
         relayed += take;
@@ -344,29 +385,24 @@ async fn relay_body(
             _ => relayed,
         };
         buf.reserve(room.clamp(INITIAL_BUFFER, BODY_READ));
-        match timeout(x.response_timeout, up.stream.read_buf(buf)).await {
-            Ok(Ok(0)) if body == Body::UntilClose => return Ok(false),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(()),
-            Ok(Ok(_)) => {}
+        let read = up.stream.read_buf(buf);
+        match timer.within_for(x.response_timeout, read).await {
+            Some(Ok(0)) if body == Body::UntilClose => return Ok(false),
+            Some(Ok(0) | Err(_)) | None => return Err(()),
+            Some(Ok(_)) => {}
         }
     }
 }
 
-/// Writes `out` to the client within `limit`, then empties it.
-async fn write_client(
-    client: &mut TcpStream,
-    out: &mut Vec<u8>,
-    limit: Duration,
-) -> Result<(), ()> {
-    let result = write_all(client, out, limit).await;
-    out.clear();
-    result
-}
-
 /// Writes all of `bytes` to the client within `limit`.
-async fn write_all(client: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
-    match timeout(limit, client.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
+async fn write_all(
+    client: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+    timer: &mut Timer,
+) -> Result<(), ()> {
+    match timer.within_for(limit, client.write_all(bytes)).await {
+        Some(Ok(())) => Ok(()),
         _ => Err(()),
     }
 }
@@ -613,7 +649,7 @@ mod connect_tests {
         let (mut s, _) = listener.accept().unwrap();
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(
-            poll_once(up.send(request, LIMIT)),
+            poll_once(up.send(request, LIMIT, &mut Timer::new(Instant::now()))),
             Poll::Ready(Ok(()))
         ));
         assert!(up.stream.nodelay().unwrap());
@@ -638,7 +674,9 @@ mod connect_tests {
             got
         });
         let mut up = Upstream::connect(addr, LIMIT).await.unwrap();
-        up.send(&request, LIMIT).await.unwrap();
+        up.send(&request, LIMIT, &mut Timer::new(Instant::now()))
+            .await
+            .unwrap();
         drop(up);
         assert!(
             reader.join().unwrap() == request,
@@ -653,7 +691,10 @@ mod connect_tests {
             .local_addr()
             .unwrap();
         let result = match Upstream::connect(closed, LIMIT).await {
-            Ok(mut up) => up.send(b"GET / HTTP/1.1\r\n\r\n", LIMIT).await,
+            Ok(mut up) => {
+                let mut timer = Timer::new(Instant::now());
+                up.send(b"GET / HTTP/1.1\r\n\r\n", LIMIT, &mut timer).await
+            }
             Err(reason) => Err(reason),
         };
         assert_eq!(result, Err(Reason::UpstreamConnect));
@@ -676,7 +717,12 @@ mod connect_tests {
             .await
             .unwrap();
         assert_eq!(
-            up.send(b"GET / HTTP/1.1\r\n\r\n", LIMIT).await,
+            up.send(
+                b"GET / HTTP/1.1\r\n\r\n",
+                LIMIT,
+                &mut Timer::new(Instant::now())
+            )
+            .await,
             Err(Reason::UpstreamConnect)
         );
         // Ended by the 300 ms connect limit, not the 60 s send limit.
@@ -699,7 +745,13 @@ mod connect_tests {
             s.read_to_end(&mut got).unwrap();
             got
         });
-        up.send(b"GET /late HTTP/1.1\r\n\r\n", LIMIT).await.unwrap();
+        up.send(
+            b"GET /late HTTP/1.1\r\n\r\n",
+            LIMIT,
+            &mut Timer::new(Instant::now()),
+        )
+        .await
+        .unwrap();
         drop(up);
         assert_eq!(reader.join().unwrap(), b"GET /late HTTP/1.1\r\n\r\n");
         drop(listener);

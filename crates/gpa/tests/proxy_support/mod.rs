@@ -315,6 +315,7 @@ pub struct Options {
     /// WireServer is unreachable (a closed port): the agent never becomes ready.
     pub wireserver_unreachable: bool,
     pub header_timeout: u64,
+    pub idle_timeout: u64,
     pub upstream_response_timeout: u64,
     pub max_connections: u64,
     pub poll_interval: u64,
@@ -326,6 +327,7 @@ impl Default for Options {
             imds_recorder: true,
             wireserver_unreachable: false,
             header_timeout: 10,
+            idle_timeout: 60,
             upstream_response_timeout: 60,
             max_connections: 16_384,
             poll_interval: 1,
@@ -374,6 +376,7 @@ impl TestAgent {
             },
             proxy_listen_address: "127.0.0.1:0".parse().unwrap(),
             request_header_timeout_in_seconds: opts.header_timeout,
+            idle_connection_timeout_in_seconds: opts.idle_timeout,
             upstream_response_timeout_in_seconds: opts.upstream_response_timeout,
             max_concurrent_connections: opts.max_connections,
             ..Config::default()

@@ -1,0 +1,165 @@
+//! One timer per connection for all of its waits (the limits of spec §8.4: head, idle, body, upstream
+//! response, writes).
+//!
+//! A wait that is done at once reads no clock and touches no timer. A wait that has to wait arms the
+//! connection's timer, which then moves forward from one wait to the next. Moving a registered timer later is an
+//! atomic update of its entry (tokio's `Sleep::reset`), where a timer made and dropped per wait takes the lock of
+//! the runtime's timer wheel twice. So the waits of a keep-alive request take no lock: the connection's timer is
+//! registered once, when it first waits, and removed once, when it closes. A deadline earlier than the armed one
+//! (a head that arrives in pieces) registers again.
+//!
+//! This module must never let a wait run past its deadline, or start counting a limit later than the moment its
+//! wait first had to wait.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// When a wait gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// At this instant.
+    At(Instant),
+    /// This long after the wait first has to wait. It becomes [`Deadline::At`] then, so later waits under the
+    /// same `Deadline` share its end (the reads of one response head, of one request head).
+    After(Duration),
+}
+
+impl Deadline {
+    /// The instant, fixed now if it was not yet.
+    fn fix(&mut self) -> Instant {
+        match *self {
+            Deadline::At(at) => at,
+            Deadline::After(limit) => {
+                let at = after(Instant::now(), limit);
+                *self = Deadline::At(at);
+                at
+            }
+        }
+    }
+}
+
+/// `from + limit`; a limit too large to add (the configuration sets no upper bound) never ends.
+pub(super) fn after(from: Instant, limit: Duration) -> Instant {
+    // About 30 years, as tokio's own far future.
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    from.checked_add(limit)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
+}
+
+/// A connection's timer. Made unarmed: nothing is registered until a wait has to wait.
+pub(super) struct Timer(Pin<Box<Sleep>>);
+
+impl Timer {
+    /// A timer whose first deadline would be `at`; it is registered only when a wait arms it.
+    pub(super) fn new(at: Instant) -> Timer {
+        Timer(Box::pin(sleep_until(at)))
+    }
+
+    /// Runs `fut` until it is done, or until `deadline` passes (`None`). `fut` is polled first, so a future
+    /// that is ready is never timed out.
+    pub(super) async fn within<F: Future>(
+        &mut self,
+        deadline: &mut Deadline,
+        fut: F,
+    ) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        let mut armed = false;
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if !armed {
+                armed = true;
+                self.0.as_mut().reset(deadline.fix());
+            }
+            self.0.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+
+    /// [`within`](Self::within) a limit counted from when `fut` first has to wait.
+    pub(super) async fn within_for<F: Future>(
+        &mut self,
+        limit: Duration,
+        fut: F,
+    ) -> Option<F::Output> {
+        self.within(&mut Deadline::After(limit), fut).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_future_is_never_timed_out_and_arms_nothing() {
+        let mut timer = Timer::new(Instant::now());
+        // The deadline is already past, but the future is ready: polled first, it wins.
+        let mut deadline = Deadline::After(Duration::ZERO);
+        assert_eq!(timer.within(&mut deadline, async { 7 }).await, Some(7));
+        assert_eq!(
+            deadline,
+            Deadline::After(Duration::ZERO),
+            "no wait, no clock read, nothing armed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_its_deadline_and_later_waits_share_it() {
+        let mut timer = Timer::new(Instant::now());
+        let start = Instant::now();
+        let mut deadline = Deadline::After(Duration::from_secs(10));
+
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let slept = timer
+            .within(&mut deadline, tokio::time::sleep(Duration::from_secs(4)))
+            .await;
+        assert_eq!(slept, Some(()), "done within its limit");
+        let Deadline::At(at) = deadline else {
+            panic!("a wait that waited fixes its deadline");
+        };
+        assert_eq!(at, start + Duration::from_secs(13), "counted from the wait");
+
+        // A second wait under the same deadline ends where the first one's would have.
+        assert_eq!(timer.within(&mut deadline, pending::<()>()).await, None);
+        assert_eq!(Instant::now(), start + Duration::from_secs(13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_moves_forward_and_back_between_waits() {
+        let mut timer = Timer::new(Instant::now() + Duration::from_secs(1));
+        let start = Instant::now();
+        for limit in [60, 5, 30, 1] {
+            let begun = Instant::now();
+            assert_eq!(
+                timer
+                    .within_for(Duration::from_secs(limit), pending::<()>())
+                    .await,
+                None
+            );
+            assert_eq!(
+                Instant::now() - begun,
+                Duration::from_secs(limit),
+                "each wait ends at its own limit, earlier or later than the last"
+            );
+        }
+        assert_eq!(Instant::now() - start, Duration::from_secs(96));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unaddable_limit_waits_without_panicking() {
+        let mut timer = Timer::new(Instant::now());
+        let huge = Duration::from_secs(u64::MAX);
+        let done = timer
+            .within_for(huge, tokio::time::sleep(Duration::from_secs(86_400)))
+            .await;
+        assert_eq!(done, Some(()));
+    }
+}
