@@ -24,8 +24,8 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Milliseconds since the unix epoch from the kernel's coarse clock: as of the last timer tick (a few
-/// milliseconds old at most), and several times cheaper to read than [`unix_ms`]. For the request path, where a
-/// millisecond bucket is all that is needed.
+/// milliseconds old at most), and several times cheaper to read than [`unix_ms`]. For the request path: the
+/// summaries' buckets and timestamps, which all read this one clock.
 pub fn unix_ms_coarse() -> u64 {
     #[cfg(target_os = "linux")]
     if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE) {

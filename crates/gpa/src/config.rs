@@ -64,6 +64,13 @@ pub enum ConfigError {
     },
     #[error("{file}: key `{key}`: must be at least 1")]
     Zero { file: PathBuf, key: String },
+    #[error("{file}: key `{key}`: {value} is more than the largest allowed, {max} (one year)")]
+    ValueTooLarge {
+        file: PathBuf,
+        key: String,
+        value: u64,
+        max: u64,
+    },
 }
 
 /// A telemetry/log level as the configuration spells it (`Error`, `Warn`, `Info`, `Debug`, `Trace`;
@@ -285,6 +292,10 @@ const ENDPOINT_KEYS: [&str; 4] = [
 ];
 
 /// Keys that must be ≥ 1: a zero interval would spin, a zero timeout would fail every call.
+/// The largest interval or timeout the configuration accepts, in seconds: one year. Longer ones mean "never" in
+/// practice, and every deadline the agent computes from them stays far from what the clocks can hold.
+pub const MAX_SECONDS: u64 = 365 * 86_400;
+
 const NON_ZERO_KEYS: [&str; 8] = [
     "monitorIntervalInSeconds",
     "pollKeyStatusIntervalInSeconds",
@@ -378,6 +389,19 @@ impl Config {
             return Err(ConfigError::Zero {
                 file: file.to_owned(),
                 key: (*key).to_owned(),
+            });
+        }
+        // Every key but the connection cap is in seconds.
+        let seconds = NON_ZERO_KEYS
+            .iter()
+            .zip(numbers)
+            .filter(|(k, _)| k.ends_with("InSeconds"));
+        if let Some((key, value)) = seconds.clone().find(|(_, v)| *v > MAX_SECONDS) {
+            return Err(ConfigError::ValueTooLarge {
+                file: file.to_owned(),
+                key: (*key).to_owned(),
+                value,
+                max: MAX_SECONDS,
             });
         }
         Ok(())

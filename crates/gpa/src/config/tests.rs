@@ -97,6 +97,27 @@ fn zero_interval_is_refused() {
 }
 
 #[test]
+fn intervals_and_timeouts_over_a_year_are_refused_naming_the_key() {
+    let err = parse(r#"{"idleConnectionTimeoutInSeconds": 18446744073709551615}"#).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::ValueTooLarge { key, value: u64::MAX, max: MAX_SECONDS, .. }
+            if key == "idleConnectionTimeoutInSeconds"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("idleConnectionTimeoutInSeconds"),
+        "{err}"
+    );
+    let year = format!(r#"{{"monitorIntervalInSeconds": {MAX_SECONDS}}}"#);
+    assert!(parse(&year).is_ok(), "a year is still accepted");
+    let more = format!(r#"{{"monitorIntervalInSeconds": {}}}"#, MAX_SECONDS + 1);
+    assert!(matches!(
+        parse(&more),
+        Err(ConfigError::ValueTooLarge { .. })
+    ));
+}
+
+#[test]
 fn missing_explicit_file_is_an_error() {
     let err = Config::load(Some(Path::new("/nonexistent/gpa.json")), &env()).unwrap_err();
     assert!(matches!(err, ConfigError::Missing { .. }));

@@ -39,17 +39,21 @@ impl Stop {
 }
 
 /// One connection's view of the stop. Its task's waker is registered on the first
-/// [`poll_stopped`](Self::poll_stopped) and removed when the connection ends. A task's waker stays the same for
-/// the task's life, so one registration serves every later wait.
+/// [`poll_stopped`](Self::poll_stopped) and removed when the connection ends. A tokio task's waker stays the same
+/// for the task's life, so one registration serves every later wait; a poll with another waker registers that
+/// one instead.
 #[derive(Debug)]
 pub(super) struct Watch {
     stop: Arc<Stop>,
-    key: Option<usize>,
+    registered: Option<(usize, Waker)>,
 }
 
 impl Watch {
     pub(super) fn new(stop: Arc<Stop>) -> Watch {
-        Watch { stop, key: None }
+        Watch {
+            stop,
+            registered: None,
+        }
     }
 
     /// Whether the proxy is stopping.
@@ -60,8 +64,20 @@ impl Watch {
     /// Whether the proxy is stopping; from the first call on, a stop wakes the calling task. The flag is read
     /// after the registration: a stop that comes between them finds the waker (the lock orders the two).
     pub(super) fn poll_stopped(&mut self, cx: &Context<'_>) -> bool {
-        if self.key.is_none() {
-            self.key = Some(self.stop.wakers().insert(cx.waker().clone()));
+        let waker = cx.waker();
+        match &mut self.registered {
+            Some((_, known)) if known.will_wake(waker) => {}
+            Some((key, known)) => {
+                let mut wakers = self.stop.wakers();
+                if let Some(slot) = wakers.get_mut(*key) {
+                    slot.clone_from(waker);
+                }
+                known.clone_from(waker);
+            }
+            None => {
+                let key = self.stop.wakers().insert(waker.clone());
+                self.registered = Some((key, waker.clone()));
+            }
         }
         self.stop.is_stopped()
     }
@@ -69,7 +85,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(key) = self.key {
+        if let Some((key, _)) = self.registered.take() {
             self.stop.wakers().try_remove(key);
         }
     }
@@ -123,6 +139,32 @@ mod tests {
                 .unwrap();
         }
         assert!(stop.wakers().is_empty(), "every connection left");
+    }
+
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_poll_with_another_waker_moves_the_registration() {
+        let stop = Arc::new(Stop::default());
+        let (first, second) = (
+            Arc::new(Flag(AtomicBool::new(false))),
+            Arc::new(Flag(AtomicBool::new(false))),
+        );
+        let mut watch = Watch::new(stop.clone());
+        for flag in [&first, &first, &second] {
+            let waker = Waker::from(flag.clone());
+            assert!(!watch.poll_stopped(&Context::from_waker(&waker)));
+        }
+        assert_eq!(stop.wakers().len(), 1, "one slot per connection");
+        stop.stop();
+        assert!(second.0.load(Ordering::SeqCst), "the latest waker is woken");
+        assert!(!first.0.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

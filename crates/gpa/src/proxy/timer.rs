@@ -42,13 +42,12 @@ impl Deadline {
     }
 }
 
-/// `from + limit`; a limit too large to add (the configuration sets no upper bound) never ends.
+/// `from + limit`, with the limit capped at about 30 years (tokio's own far future). The configuration caps its
+/// timeouts at a year, but a `Config` built in code is not validated, and tokio rounds a deadline up by one more
+/// millisecond: an instant near the clock's end would overflow there.
 pub(super) fn after(from: Instant, limit: Duration) -> Instant {
-    // About 30 years, as tokio's own far future.
     const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    from.checked_add(limit)
-        .or_else(|| from.checked_add(FAR))
-        .unwrap_or(from)
+    from.checked_add(limit.min(FAR)).unwrap_or(from)
 }
 
 /// A connection's timer. Made unarmed: nothing is registered until a wait has to wait.
@@ -154,12 +153,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unaddable_limit_waits_without_panicking() {
+    async fn a_registered_timer_moves_later_and_earlier_after_early_finishes() {
         let mut timer = Timer::new(Instant::now());
-        let huge = Duration::from_secs(u64::MAX);
-        let done = timer
-            .within_for(huge, tokio::time::sleep(Duration::from_secs(86_400)))
-            .await;
-        assert_eq!(done, Some(()));
+        let start = Instant::now();
+        let one = || tokio::time::sleep(Duration::from_secs(1));
+        // Registered at +60 s, done after 1 s; then moved later (+61 s from the start), done again.
+        assert_eq!(
+            timer.within_for(Duration::from_secs(60), one()).await,
+            Some(())
+        );
+        assert_eq!(
+            timer.within_for(Duration::from_secs(60), one()).await,
+            Some(())
+        );
+        // Moved earlier, still registered at +62 s: it must end at +2 + 5 s, not at the later deadline.
+        assert_eq!(
+            timer
+                .within_for(Duration::from_secs(5), pending::<()>())
+                .await,
+            None
+        );
+        assert_eq!(Instant::now() - start, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_too_large_to_add_wait_without_panicking() {
+        let mut timer = Timer::new(Instant::now());
+        let huge_limits = [
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+            Duration::from_secs(i64::MAX.unsigned_abs()),
+        ];
+        for huge in huge_limits {
+            let done = timer
+                .within_for(huge, tokio::time::sleep(Duration::from_secs(86_400)))
+                .await;
+            assert_eq!(done, Some(()), "{huge:?}");
+        }
     }
 }

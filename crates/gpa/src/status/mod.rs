@@ -49,7 +49,7 @@ impl StatusHub {
             .summaries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record_counted(kind, record, crate::clock::unix_ms());
+            .record_counted(kind, record, crate::clock::unix_ms_coarse());
         if first {
             let module = match kind {
                 SummaryKind::Connection => "ConnectionSummary",
