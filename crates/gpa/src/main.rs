@@ -45,10 +45,20 @@ enum Command {
         wait: u64,
     },
     /// Configuration helpers.
+    #[command(
+        after_help = "Exit codes:\n  0  done (with --check: the configuration is valid)\n  64 bad configuration"
+    )]
     Config {
         /// Print every key with its default value.
         #[arg(long)]
         print_defaults: bool,
+        /// Check the configuration `gpa run` would use, without starting anything: which file, and whether it
+        /// is valid (a bad file is named with the key and the problem).
+        #[arg(long)]
+        check: bool,
+        /// The file to check instead of the default locations.
+        #[arg(long, requires = "check")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -61,7 +71,8 @@ the host, checks each request against the host's allowlist (users, groups, execu
 forwards what is allowed and refuses the rest (403 in Enforce; forwarded and recorded in Audit).
 
 Configuration: /etc/azure/proxy-agent.json, else proxy-agent.json next to the binary; every key is optional
-(`gpa config --print-defaults` lists them). A bad file is refused with its path, the key and the problem.
+(`gpa config --print-defaults` lists them). A bad file is refused with its path, the key and the problem;
+`gpa config --check` checks one without starting anything.
 Files: keys in /var/lib/azure-proxy-agent/keys (0700/0600); status.json, logs and rules snapshots in
 /var/log/azure-proxy-agent (0640).
 
@@ -77,6 +88,26 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
         Err(e) => {
             eprintln!("gpa: {e}");
             Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// `gpa config --check`: the file `gpa run` would load, and whether it is valid.
+fn check_config(path: Option<&Path>) -> ExitCode {
+    match Config::load(path, &ProcessEnv) {
+        Ok((_, Some(file))) => {
+            println!("gpa: {}: valid", file.display());
+            ExitCode::SUCCESS
+        }
+        Ok((_, None)) => {
+            println!(
+                "gpa: no configuration file found; the defaults apply (gpa config --print-defaults)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gpa: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
@@ -144,9 +175,16 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Config { print_defaults } => {
+        Command::Config {
+            print_defaults,
+            check,
+            config,
+        } => {
             if print_defaults {
                 println!("{}", Config::defaults_json());
+            }
+            if check {
+                return check_config(config.as_deref());
             }
             ExitCode::SUCCESS
         }
