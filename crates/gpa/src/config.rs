@@ -392,11 +392,11 @@ impl Config {
             });
         }
         // Every key but the connection cap is in seconds.
-        let seconds = NON_ZERO_KEYS
+        let too_large = NON_ZERO_KEYS
             .iter()
             .zip(numbers)
-            .filter(|(k, _)| k.ends_with("InSeconds"));
-        if let Some((key, value)) = seconds.clone().find(|(_, v)| *v > MAX_SECONDS) {
+            .find(|(k, v)| k.ends_with("InSeconds") && *v > MAX_SECONDS);
+        if let Some((key, value)) = too_large {
             return Err(ConfigError::ValueTooLarge {
                 file: file.to_owned(),
                 key: (*key).to_owned(),

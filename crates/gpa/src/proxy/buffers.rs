@@ -8,8 +8,8 @@
 //!
 //! A connection's task may move to the other runtime thread in the middle of a request, so a box is often taken
 //! from one thread's pool and given back to another's. Left alone, that drift fills one pool and empties the
-//! other: at 64 keep-alive connections about one request in fifteen found its pool empty and grew a fresh box
-//! (a dozen allocations as its buffers grow), while the full pool freed what it could not keep. So a thread
+//! other: at 64 keep-alive connections 7–15 % of requests found their pool empty and grew a fresh box (a dozen
+//! allocations as its buffers grow), while the full pool freed what it could not keep. So a thread
 //! whose pool is full moves half of it to a shared depot, and a thread whose pool is empty takes a batch from
 //! there: one lock per [`BATCH`] boxes that change threads.
 //!
