@@ -82,9 +82,11 @@ Exit codes: 0 success; 1 the agent failed or stopped with an error (logged); 2 i
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
-fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
+/// The configuration `gpa run` uses, and the file it came from (`None`: the defaults); a bad one is printed and
+/// is exit code 64.
+fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ExitCode> {
     match Config::load(path, &ProcessEnv) {
-        Ok((config, _)) => Ok(config),
+        Ok(loaded) => Ok(loaded),
         Err(e) => {
             eprintln!("gpa: {e}");
             Err(ExitCode::from(EXIT_CONFIG))
@@ -94,22 +96,16 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
 
 /// `gpa config --check`: the file `gpa run` would load, and whether it is valid.
 fn check_config(path: Option<&Path>) -> ExitCode {
-    match Config::load(path, &ProcessEnv) {
-        Ok((_, Some(file))) => {
-            println!("gpa: {}: valid", file.display());
-            ExitCode::SUCCESS
-        }
+    match load(path) {
+        Ok((_, Some(file))) => println!("gpa: {}: valid", file.display()),
         Ok((_, None)) => {
             println!(
                 "gpa: no configuration file found; the defaults apply (gpa config --print-defaults)"
             );
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("gpa: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+        Err(code) => return code,
     }
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(config: &Config, events: &EventSink) {
@@ -191,7 +187,7 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             gpa::clock::mark_start();
             let config = match load(config.as_deref()) {
-                Ok(c) => c,
+                Ok((c, _)) => c,
                 Err(code) => return code,
             };
             let events = EventSink::new();
@@ -214,7 +210,7 @@ fn main() -> ExitCode {
         }
         Command::Status { config, wait } => {
             let config = match load(config.as_deref()) {
-                Ok(c) => c,
+                Ok((c, _)) => c,
                 Err(code) => return code,
             };
             let code =

@@ -31,7 +31,7 @@ use super::head::{self, HeadError, Version};
 use super::limits::{INITIAL_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
-use super::stop::{Stop, Watch};
+use super::stop::Watch;
 use super::timer::{Deadline, Timer, after};
 use super::{Attribution, Lookup, Shared};
 use crate::clock;
@@ -94,12 +94,12 @@ impl Conn {
         shared: Arc<Shared>,
         client: TcpStream,
         accepted: Accepted,
-        stop: Arc<Stop>,
         permit: OwnedSemaphorePermit,
     ) -> Box<Conn> {
         let Accepted { peer, local, at } = accepted;
         let caller = caller(Attribution::Direct, peer, local, &shared);
         let timer = Timer::new(after(at, shared.timeouts.head));
+        let stop = Watch::new(shared.stop.clone());
         Box::new(Conn {
             shared,
             client,
@@ -112,7 +112,7 @@ impl Conn {
             summary: None,
             client_gone: false,
             timer,
-            stop: Watch::new(stop),
+            stop,
             _permit: permit,
         })
     }

@@ -186,13 +186,12 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         let accepted_at = Instant::now();
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let stop = shared.stop.clone();
                 let at = conn::Accepted {
                     peer,
                     local,
                     at: accepted_at,
                 };
-                let conn = conn::Conn::accepted(shared.clone(), stream, at, stop, permit);
+                let conn = conn::Conn::accepted(shared.clone(), stream, at, permit);
                 tracker.spawn(conn::serve(conn));
             }
             Err(_) => {

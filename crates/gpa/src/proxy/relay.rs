@@ -247,16 +247,11 @@ pub(super) async fn relay(
     client: Client<'_>,
     x: Exchange,
 ) -> Result<Relayed, RelayError> {
-    let Client {
-        stream: client,
-        timer,
-        out,
-    } = client;
     let mut deadline = Deadline::After(x.response_timeout);
     let mut interim = 0;
     let mut received_any = false;
     let (head_len, status, body, key_unknown, upstream_keep) = loop {
-        match parse_response(buf, x.head_request, out, x.client_keep_alive) {
+        match parse_response(buf, x.head_request, client.out, x.client_keep_alive) {
             Parsed::Complete(r) if (100..200).contains(&r.status) => {
                 // 101 was refused in parse_response; other 1xx are interim: drop and read on.
                 interim += 1;
@@ -274,7 +269,11 @@ pub(super) async fn relay(
             return Err(protocol());
         }
         buf.reserve(INITIAL_BUFFER);
-        match timer.within(&mut deadline, up.stream.read_buf(buf)).await {
+        match client
+            .timer
+            .within(&mut deadline, up.stream.read_buf(buf))
+            .await
+        {
             None => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamTimeout,
@@ -292,19 +291,9 @@ pub(super) async fn relay(
     };
     buf.advance(head_len);
     let client_open = x.client_keep_alive && body != Body::UntilClose;
-    let upstream_open = relay_body(
-        up,
-        buf,
-        Client {
-            stream: client,
-            timer,
-            out,
-        },
-        body,
-        x,
-    )
-    .await
-    .map_err(|()| RelayError::AfterHead(status))?;
+    let upstream_open = relay_body(up, buf, client, body, x)
+        .await
+        .map_err(|()| RelayError::AfterHead(status))?;
     Ok(Relayed {
         status,
         key_unknown,
