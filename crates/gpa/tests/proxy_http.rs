@@ -312,6 +312,15 @@ async fn conf_047_c1_non_root_to_wireserver_is_403_not_elevated_in_enforce_and_a
         .send(ws, Who::User, &get("/machine?comp=goalstate", ws))
         .await;
     assert_eq!(r.refusal(), (403, "NOT_ELEVATED".to_owned()), "audit too");
+    t.wait_document("alice's three requests recorded", |d| {
+        let alice = d.failed_authenticate_summary.iter();
+        alice
+            .filter(|i| i.user_name == "alice")
+            .map(|i| i.count)
+            .sum::<u64>()
+            >= 3
+    })
+    .await;
     let failed = t.hub.document().failed_authenticate_summary;
     let entry = failed
         .iter()
@@ -518,21 +527,20 @@ async fn conf_041_audit_denials_are_recorded_and_forwarded_enforce_denials_are_4
         1,
         "and signed"
     );
-    // The summary entry is recorded once the response has been relayed, so it may trail the client by a moment.
-    let audited = || {
-        t.hub
-            .document()
-            .failed_authenticate_summary
+    let audited = |d: &msp_core::status::AggregateStatus| {
+        d.failed_authenticate_summary
             .iter()
             .filter(|i| i.user_name == "alice" && i.response_status == "403 Forbidden")
             .map(|i| i.count)
             .sum::<u64>()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while audited() < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(audited(), 3, "two enforce denials and one audit denial");
+    t.wait_document("the audit denial recorded", |d| audited(d) >= 3)
+        .await;
+    assert_eq!(
+        audited(&t.hub.document()),
+        3,
+        "two enforce denials and one audit denial"
+    );
     t.stop().await;
 }
 

@@ -451,6 +451,20 @@ impl TestAgent {
         }
     }
 
+    /// Waits until the status document satisfies `f`. A request's summary entry is recorded once its response has
+    /// been relayed, so it may trail the client by a moment.
+    pub async fn wait_document(
+        &self,
+        what: &str,
+        f: impl Fn(&msp_core::status::AggregateStatus) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while !f(&self.hub.document()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A client connection to the proxy that the fake kernel attributes to `who`, as if it had dialled `dst`.
     pub async fn connect(&self, dst: SocketAddr, who: Who) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
