@@ -14,6 +14,7 @@
 
 use std::ops::Range;
 
+use memchr::memchr;
 use msp_core::Reason;
 use msp_core::sign::HOST_HEADER_PREFIX;
 
@@ -213,7 +214,7 @@ const PROTECTED: [&[u8]; 3] = [b"host", b"content-length", b"transfer-encoding"]
 pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = skip_empty_lines(buf).max(from.saturating_sub(2));
     let mut at = start;
-    while let Some(offset) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
+    while let Some(offset) = memchr(b'\n', buf.get(at..)?) {
         let lf = at + offset;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => return Some(lf + 2),
@@ -294,10 +295,8 @@ pub fn parse_into(head: &[u8], out: &mut RequestHead) -> Result<(), HeadError> {
         if out.fields.len() >= MAX_FIELDS {
             return Err(HeadError::HeadersTooLarge);
         }
-        let field = parse_field_line(head, line)?;
-        if !field.value.of(head).iter().all(|&b| is_value_byte(b)) {
-            out.bad_header_value = true;
-        }
+        let (field, clean) = parse_field_line(head, line)?;
+        out.bad_header_value |= !clean;
         out.fields.push(field);
     }
     if lines.at != head.len() {
@@ -318,10 +317,7 @@ impl Lines<'_> {
         let Some(rest) = self.buf.get(self.at..).filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
-        let lf = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or(HeadError::LineEnding)?;
+        let lf = memchr(b'\n', rest).ok_or(HeadError::LineEnding)?;
         if lf == 0 || rest.get(lf - 1) != Some(&b'\r') {
             return Err(HeadError::LineEnding);
         }
@@ -337,19 +333,13 @@ fn parse_request_line(
     out: &mut RequestHead,
 ) -> Result<(), HeadError> {
     let bytes = head.get(line.clone()).unwrap_or_default();
-    let sp1 = bytes
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(HeadError::RequestLine)?;
+    let sp1 = memchr(b' ', bytes).ok_or(HeadError::RequestLine)?;
     let method = bytes.get(..sp1).unwrap_or_default();
-    if method.is_empty() || method.len() > MAX_METHOD || !method.iter().all(|&b| is_tchar(b)) {
+    if method.is_empty() || method.len() > MAX_METHOD || !all_tchar(method) {
         return Err(HeadError::Method);
     }
     let after = bytes.get(sp1 + 1..).unwrap_or_default();
-    let sp2 = after
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or(HeadError::RequestLine)?;
+    let sp2 = memchr(b' ', after).ok_or(HeadError::RequestLine)?;
     let target = after.get(..sp2).unwrap_or_default();
     if target.is_empty() {
         return Err(HeadError::RequestLine);
@@ -357,7 +347,7 @@ fn parse_request_line(
     if target.len() > MAX_TARGET {
         return Err(HeadError::UriTooLong);
     }
-    if !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+    if !all_visible(target) {
         return Err(HeadError::Target);
     }
     out.version = match after.get(sp2 + 1..).unwrap_or_default() {
@@ -367,10 +357,7 @@ fn parse_request_line(
     };
     target_form(method, target)?;
     let target_start = line.start + sp1 + 1;
-    let kept = target
-        .iter()
-        .position(|&b| b == b'#')
-        .unwrap_or(target.len());
+    let kept = memchr(b'#', target).unwrap_or(target.len());
     out.method = Span::new(line.start..line.start + sp1);
     out.target = Span::new(target_start..target_start + kept);
     Ok(())
@@ -403,27 +390,28 @@ fn target_form(method: &[u8], target: &[u8]) -> Result<(), HeadError> {
     }
 }
 
-fn parse_field_line(head: &[u8], line: Range<usize>) -> Result<Field, HeadError> {
+/// One field line, and whether its value holds only bytes a header value may hold (spec §3.2).
+fn parse_field_line(head: &[u8], line: Range<usize>) -> Result<(Field, bool), HeadError> {
     let bytes = head.get(line.clone()).unwrap_or_default();
     if matches!(bytes.first(), Some(b' ' | b'\t')) {
         return Err(HeadError::ObsFold);
     }
-    let colon = bytes
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(HeadError::FieldLine)?;
+    let colon = memchr(b':', bytes).ok_or(HeadError::FieldLine)?;
     let name = bytes.get(..colon).unwrap_or_default();
     // RFC 9112 §5.1: no whitespace between the name and the colon; a name is a token.
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+    if name.is_empty() || !all_tchar(name) {
         return Err(HeadError::FieldLine);
     }
     let value = bytes.get(colon + 1..).unwrap_or_default();
+    // The surrounding SP and HTAB are value bytes too, so checking the untrimmed value is the same check.
+    let clean = all_value_bytes(value);
     let trimmed = ows_trimmed(value);
     let value_start = line.start + colon + 1;
-    Ok(Field {
+    let field = Field {
         name: Span::new(line.start..line.start + colon),
         value: Span::new(value_start + trimmed.start..value_start + trimmed.end),
-    })
+    };
+    Ok((field, clean))
 }
 
 /// Framing, `Host`, `Connection`, `Upgrade` and `Expect` (RFC 9112 §3.2, §6; spec §3.2, §8.1).
@@ -534,14 +522,47 @@ fn skip_empty_lines(buf: &[u8]) -> usize {
     }
 }
 
+/// RFC 9110 §5.6.2 `tchar`, as a table: one load per byte instead of a range test and a search of the
+/// punctuation list (the head parser checks every method and field-name byte).
+// Evaluated at compile time: an index out of range would fail the build, not a request.
+#[allow(clippy::indexing_slicing)]
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x80 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let punctuation = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < punctuation.len() {
+        table[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// RFC 9110 §5.6.2 `tchar`.
 pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    // A `u8` index is always inside the 256 entries; `get` keeps the proxy path free of indexing.
+    TCHAR.get(usize::from(b)).copied().unwrap_or(false)
 }
 
-/// Bytes a header value may hold (spec §3.2): HTAB, SP, 0x21–0x7E.
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (0x20..=0x7e).contains(&b)
+fn all_tchar(v: &[u8]) -> bool {
+    v.iter().all(|&b| is_tchar(b))
+}
+
+/// Whether `v` holds only visible ASCII, 0x21–0x7E. Without an early exit the compiler checks many bytes a step.
+fn all_visible(v: &[u8]) -> bool {
+    v.iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) <= 0x7e - 0x21))
+}
+
+/// Whether `v` holds only bytes a header value may hold (spec §3.2): HTAB, SP, 0x21–0x7E.
+fn all_value_bytes(v: &[u8]) -> bool {
+    v.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(0x20) <= 0x5e) | (b == b'\t'))
+    })
 }
 
 fn is_ows(b: u8) -> bool {

@@ -207,6 +207,41 @@ fn flags_for_step_3_do_not_fail_the_parse() {
     );
 }
 
+#[test]
+fn byte_classes_hold_at_every_byte() {
+    // RFC 9110 §5.6.2, spelled out independently of the parser's table.
+    for b in 0..=255u8 {
+        let token = b.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".as_bytes().contains(&b);
+        assert_eq!(is_tchar(b), token, "tchar {b:#04x}");
+        // A method byte, a field-name byte (a colon ends the name).
+        let method = [b'G', b, b'T'];
+        let line = [&method[..], b" / HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+        assert_eq!(parse(&line).is_ok(), token, "method byte {b:#04x}");
+        if b != b':' {
+            let name = [&b"GET / HTTP/1.1\r\nHost: a\r\nX"[..], &[b], b": v\r\n\r\n"].concat();
+            assert_eq!(parse(&name).is_ok(), token, "field-name byte {b:#04x}");
+        }
+        // A target byte: 0x21-0x7E (SP ends the target; CR and LF end the line).
+        if ![b' ', b'\r', b'\n', b'#'].contains(&b) {
+            let target = [&b"GET /a"[..], &[b], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+            let visible = (0x21..=0x7e).contains(&b);
+            assert_eq!(parse(&target).is_ok(), visible, "target byte {b:#04x}");
+        }
+        // A value byte, inside the value and next to the OWS trimmed around it: HTAB, SP, 0x21-0x7E.
+        if ![b'\r', b'\n'].contains(&b) {
+            let value_byte = b == b'\t' || (0x20..=0x7e).contains(&b);
+            for value in [[b'a', b, b'z'], [b' ', b, b' '], [b, b'\t', b'a']] {
+                let raw = [&b"GET / HTTP/1.1\r\nHost: a\r\nX:"[..], &value, b"\r\n\r\n"].concat();
+                assert_eq!(
+                    ok(&raw).bad_header_value,
+                    !value_byte,
+                    "value byte {b:#04x} in {value:?}"
+                );
+            }
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn parse_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
