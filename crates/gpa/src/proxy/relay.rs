@@ -9,6 +9,7 @@
 //! downstream connections, relay a response whose framing it cannot determine, or pass on an upstream's own
 //! `x-ms-azure-host-authorization`.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -414,9 +415,15 @@ enum Parsed {
 /// upstream's `x-ms-azure-host-authorization`, `Connection`, `Keep-Alive` and the fields `Connection` names
 /// are dropped, the marker is added, and `Connection: close` when the client connection ends after it.
 fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep: bool) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let head_len = match response.parse(buf) {
+    if buf.is_empty() {
+        return Parsed::Partial; // the relay's first look, before its first read
+    }
+    // Left uninitialised: httparse writes only the fields it parses, instead of 128 empty ones per call first.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parser = httparse::ParserConfig::default();
+    let head_len = match parser.parse_response_with_uninit_headers(&mut response, buf, &mut fields)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Invalid,
@@ -491,8 +498,10 @@ fn parse_response(buf: &[u8], head_request: bool, out: &mut Vec<u8>, client_keep
     } else {
         b"HTTP/1.1 "
     });
-    // Writing to a `Vec` cannot fail.
-    let _ = std::io::Write::write_fmt(out, format_args!("{status}"));
+    // Three digits: `status` is in 100..600 (checked above).
+    for digit in [status / 100, status / 10 % 10, status % 10] {
+        out.push(b'0' + u8::try_from(digit).unwrap_or(0));
+    }
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -553,6 +562,21 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-ms-azure-host-authorization: value\r\n\r\n"
         );
         assert_eq!((r.status, r.body, r.keep), (200, Body::Length(2), true));
+    }
+
+    #[test]
+    fn status_line_is_relayed_as_received() {
+        for status in [200u16, 204, 301, 404, 418, 503, 599] {
+            let raw = format!("HTTP/1.1 {status} Some Reason\r\nContent-Length: 0\r\n\r\n");
+            let (head, r) = rewrite(raw.as_bytes(), true);
+            assert_eq!(r.status, status);
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {status} Some Reason\r\n")),
+                "{head}"
+            );
+        }
+        let (head, _) = rewrite(b"HTTP/1.0 500 \r\nContent-Length: 0\r\n\r\n", true);
+        assert!(head.starts_with("HTTP/1.0 500 \r\n"), "{head}");
     }
 
     #[test]
