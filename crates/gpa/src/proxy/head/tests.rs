@@ -227,10 +227,15 @@ fn byte_classes_hold_at_every_byte() {
             let visible = (0x21..=0x7e).contains(&b);
             assert_eq!(parse(&target).is_ok(), visible, "target byte {b:#04x}");
         }
-        // A value byte, inside the value and next to the OWS trimmed around it: HTAB, SP, 0x21-0x7E.
+        // A value byte, inside the value, next to the OWS trimmed around it, first and last: HTAB, SP, 0x21-0x7E.
         if ![b'\r', b'\n'].contains(&b) {
             let value_byte = b == b'\t' || (0x20..=0x7e).contains(&b);
-            for value in [[b'a', b, b'z'], [b' ', b, b' '], [b, b'\t', b'a']] {
+            for value in [
+                [b'a', b, b'z'],
+                [b' ', b, b' '],
+                [b, b'\t', b'a'],
+                [b'a', b'z', b],
+            ] {
                 let raw = [&b"GET / HTTP/1.1\r\nHost: a\r\nX:"[..], &value, b"\r\n\r\n"].concat();
                 assert_eq!(
                     ok(&raw).bad_header_value,
