@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
+use memchr::memchr;
 use sha2::Sha256;
 use smallvec::SmallVec;
 use zeroize::Zeroizing;
@@ -328,7 +329,7 @@ fn trim_ows(v: &[u8]) -> &[u8] {
 /// Splits a request-target into the raw path (still encoded, `/` for an empty absolute-form path) and the raw
 /// query (after the first `?`, empty when none).
 pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let (before_query, query) = match target.iter().position(|&b| b == b'?') {
+    let (before_query, query) = match memchr(b'?', target) {
         Some(i) => (
             target.get(..i).unwrap_or_default(),
             target.get(i + 1..).unwrap_or_default(),

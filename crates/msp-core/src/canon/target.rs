@@ -1,6 +1,8 @@
 //! Splitting a request-target into its parts (RFC 9112 §3.2): origin-form `/path?query` or absolute-form
 //! `http://authority/path?query`. Nothing is decoded here; a fragment (`#…`) is cut off first (spec §8.1).
 
+use memchr::{memchr, memchr2};
+
 use super::CanonError;
 
 /// The raw parts of a request-target.
@@ -27,19 +29,13 @@ pub(super) fn split_target(target: &[u8]) -> Result<Target<'_>, CanonError> {
             query,
         });
     }
-    let colon = target
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(CanonError::SchemeNotHttp)?;
+    let colon = memchr(b':', target).ok_or(CanonError::SchemeNotHttp)?;
     let (scheme, rest) = target.split_at(colon);
     if !scheme.eq_ignore_ascii_case(b"http") {
         return Err(CanonError::SchemeNotHttp);
     }
     let rest = rest.strip_prefix(b"://").ok_or(CanonError::BadHost)?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'/' || b == b'?')
-        .unwrap_or(rest.len());
+    let end = memchr2(b'/', b'?', rest).unwrap_or(rest.len());
     let (authority, path_and_query) = rest.split_at(end);
     let (path, query) = split_query(path_and_query);
     Ok(Target {
@@ -68,14 +64,14 @@ pub fn raw_path(target: &[u8]) -> &[u8] {
 }
 
 fn without_fragment(target: &[u8]) -> &[u8] {
-    match target.iter().position(|&b| b == b'#') {
+    match memchr(b'#', target) {
         Some(hash) => target.split_at(hash).0,
         None => target,
     }
 }
 
 fn split_query(path_and_query: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match path_and_query.iter().position(|&b| b == b'?') {
+    match memchr(b'?', path_and_query) {
         Some(q) => {
             let (path, query) = path_and_query.split_at(q);
             (path, query.get(1..))
