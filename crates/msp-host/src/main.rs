@@ -10,6 +10,7 @@ use msp_core::Mode;
 use msp_host::audit::{AuditQuery, Decision};
 use msp_host::vm::settings::{ProfileRef, StatusVersion};
 use msp_host::{AdminClient, Host, HostConfig};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 const AFTER_HELP: &str = "\
 msp-host plays the three fabric endpoints for the VMs it is configured with:
@@ -287,8 +288,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 builder.init();
             }
             let cfg = config_of(&config)?;
+            // Registered before the host serves, so a SIGTERM right after its start line is a graceful stop and
+            // not the default action's kill.
+            let stop = stop_signal();
             let host = Host::start(cfg).await?;
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("shutting down");
             host.shutdown().await;
             Ok(())
@@ -429,20 +433,30 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+/// Completes on SIGTERM or SIGINT. Both handlers are installed when this is called, not when the future is first
+/// polled.
+fn stop_signal() -> impl Future<Output = ()> {
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind)
+            .inspect_err(|e| tracing::warn!(signal = name, error = %e, "cannot handle the signal"))
+            .ok()
     };
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                () = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+    let mut term = install(SignalKind::terminate(), "SIGTERM");
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            () = received(term.as_mut()) => {}
+            () = received(interrupt.as_mut()) => {}
         }
-        Err(_) => ctrl_c.await,
+    }
+}
+
+async fn received(signal: Option<&mut Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
