@@ -61,13 +61,26 @@ impl Probe {
     }
 
     async fn run(self, action: Vec<String>) -> ProbeResult {
-        let out = tokio::process::Command::new(&self.exe)
-            .args(&self.args)
-            .args(&action)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.exe.display()));
+        let mut attempts = 0;
+        let out = loop {
+            let spawned = tokio::process::Command::new(&self.exe)
+                .args(&self.args)
+                .args(&action)
+                .kill_on_drop(true)
+                .output()
+                .await;
+            match spawned {
+                // A test that just wrote a copy of the probe (a renamed tool) can meet ETXTBSY: a child that another
+                // test thread forks at that moment holds the copy's write descriptor until it execs. It passes.
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                other => {
+                    break other.unwrap_or_else(|e| panic!("spawn {}: {e}", self.exe.display()));
+                }
+            }
+        };
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_default();
         let value = serde_json::from_str(line).unwrap_or_else(|e| {
