@@ -47,6 +47,8 @@ pub struct Options {
     /// Stop each round after this many requests (the smoke test's short run).
     pub max_requests: Option<u64>,
     pub client_cpu: Option<usize>,
+    /// Pin every msp-host thread to this CPU; `None`: the scheduler places them.
+    pub host_cpu: Option<usize>,
     /// Connections held through the agent at once; 0 skips.
     pub scale: usize,
     pub cold_starts: usize,
@@ -187,7 +189,7 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
     let mut progress = Progress::new(steps);
 
     progress.step("starting msp-host");
-    let mut stack = Stack::start(opts.bins.clone(), &opts.work_dir, cleanup)?;
+    let mut stack = Stack::start(opts.bins.clone(), &opts.work_dir, cleanup, opts.host_cpu)?;
     progress.step("starting gpa (first latch)");
     stack.start_agent()?;
     let ready = Expect {

@@ -34,6 +34,10 @@ struct Cli {
     /// Pin the load generator to this CPU; `none` leaves it to the scheduler.
     #[arg(long, default_value = "1")]
     client_cpu: String,
+    /// Pin every msp-host thread to this CPU; `none` (the default) leaves them to the scheduler. With the host
+    /// on the CPU the client is not pinned to, a proxy's hops cannot all cross CPUs (see BENCHMARKS.md).
+    #[arg(long, default_value = "none")]
+    host_cpu: String,
     /// Connections held through the agent at once for the memory-at-scale figure; 0 skips.
     #[arg(long, default_value_t = 10_000)]
     scale: usize,
@@ -109,15 +113,15 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_default();
-    let client_cpu = match cli.client_cpu.as_str() {
-        "none" => None,
-        n => match n.parse() {
-            Ok(c) => Some(c),
-            Err(_) => {
-                eprintln!("msp-bench: --client-cpu: {n:?} is not a CPU number or `none`");
-                return ExitCode::from(2);
-            }
-        },
+    let (client_cpu, host_cpu) = match (
+        cpu_arg("--client-cpu", &cli.client_cpu),
+        cpu_arg("--host-cpu", &cli.host_cpu),
+    ) {
+        (Ok(c), Ok(h)) => (c, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("msp-bench: {e}");
+            return ExitCode::from(2);
+        }
     };
     let work = match tempfile::Builder::new().prefix("msp-bench-").tempdir() {
         Ok(d) => d,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         warmup_ms: cli.warmup_ms,
         max_requests: cli.max_requests,
         client_cpu,
+        host_cpu,
         scale: cli.scale,
         cold_starts: cli.cold_starts,
         only: cli.only,
@@ -166,4 +171,15 @@ fn main() -> ExitCode {
     };
     cleanup.undo_all();
     code
+}
+
+/// A CPU number, or `none`.
+fn cpu_arg(flag: &str, value: &str) -> Result<Option<usize>, String> {
+    match value {
+        "none" => Ok(None),
+        n => n
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{flag}: {n:?} is not a CPU number or `none`")),
+    }
 }

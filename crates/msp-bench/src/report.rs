@@ -168,6 +168,7 @@ pub struct RunSettings {
     pub warmup_ms: u64,
     pub max_requests: Option<u64>,
     pub client_cpu: Option<usize>,
+    pub host_cpu: Option<usize>,
     pub nice: i32,
 }
 
@@ -196,6 +197,7 @@ impl Report {
                 warmup_ms: opts.warmup_ms,
                 max_requests: opts.max_requests,
                 client_cpu: opts.client_cpu,
+                host_cpu: opts.host_cpu,
                 nice: procfs::nice(std::process::id()).unwrap_or(0),
             },
             load_average_start: procfs::loadavg(),
@@ -228,10 +230,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let la = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
+        let pinned = |cpu: Option<usize>| {
+            cpu.map_or_else(|| "not pinned".to_owned(), |c| format!("pinned to CPU {c}"))
+        };
         let _ = writeln!(
             md,
             "Machine: {} × {}, kernel {}; load average {} at start, {} at end; {} rounds × {} ms per side, \
-             client pinned to CPU {}, nice {}.\n",
+             client {}, msp-host {}, nice {}.\n",
             self.machine.cpus,
             self.machine.cpu_model,
             self.machine.kernel,
@@ -239,9 +244,8 @@ impl Report {
             la(self.load_average_end),
             self.settings.rounds,
             self.settings.round_ms,
-            self.settings
-                .client_cpu
-                .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            pinned(self.settings.client_cpu),
+            pinned(self.settings.host_cpu),
             self.settings.nice,
         );
         md.push_str(

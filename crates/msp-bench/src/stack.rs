@@ -42,6 +42,8 @@ pub enum StackError {
     HostStart { log: String },
     #[error("admin API: {0}")]
     Admin(#[from] msp_host::AdminError),
+    #[error("pin msp-host to CPU {cpu}: {why}")]
+    PinHost { cpu: usize, why: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
@@ -131,8 +133,14 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts the upstream and the host; the agent is started by [`Stack::start_agent`].
-    pub fn start(bins: Binaries, dir: &Path, cleanup: &Cleanup) -> Result<Stack, StackError> {
+    /// Starts the upstream and the host, with every host thread pinned to `host_cpu` when given; the agent is
+    /// started by [`Stack::start_agent`].
+    pub fn start(
+        bins: Binaries,
+        dir: &Path,
+        cleanup: &Cleanup,
+        host_cpu: Option<usize>,
+    ) -> Result<Stack, StackError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -185,6 +193,10 @@ impl Stack {
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(cpu) = host_cpu {
+            crate::worker::pin_process(host.pid(), cpu)
+                .map_err(|why| StackError::PinHost { cpu, why })?;
         }
         let cgroup = BenchCgroup::create(cleanup).map_err(io("create the bench cgroup"))?;
         Ok(Stack {

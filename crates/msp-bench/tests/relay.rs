@@ -117,3 +117,41 @@ fn the_relay_refuses_to_relay_anywhere_but_loopback() {
     );
     assert!(out.stdout.is_empty(), "it must not listen");
 }
+
+/// The CPU list every thread of `pid` may run on (`Cpus_allowed_list` of `/proc/<pid>/task/*/status`).
+fn allowed_cpus(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the relay's threads")
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .expect("Cpus_allowed_list")
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `--host-cpu` pins msp-host with this; the tokio relay is a multi-threaded process of the same kind.
+#[test]
+fn pinning_a_process_pins_every_one_of_its_threads() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = Relay::start(upstream.local_addr().unwrap(), "tokio");
+    let pid = relay.child.id();
+    // The relay prints its address before it starts its runtime's threads.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while allowed_cpus(pid).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let threads = allowed_cpus(pid).len();
+    assert!(threads >= 2, "the tokio relay runs {threads} thread(s)");
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let cpu = cpus - 1;
+    let pinned = msp_bench::worker::pin_process(pid, cpu).expect("pin the relay");
+    assert!(pinned >= threads, "{pinned} of {threads} threads pinned");
+    let after = allowed_cpus(pid);
+    assert_eq!(after, vec![cpu.to_string(); after.len()]);
+    assert!(msp_bench::worker::pin_process(pid, usize::MAX).is_err());
+}

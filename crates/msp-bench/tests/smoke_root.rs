@@ -77,6 +77,8 @@ fn bench_smoke_root_every_workload_runs_and_reports() {
             "300",
             "--client-cpu",
             "none",
+            "--host-cpu",
+            "0",
             "--scale",
             "100",
             "--cold-starts",
@@ -124,6 +126,8 @@ fn bench_smoke_root_every_workload_runs_and_reports() {
             assert_eq!(w[side]["failed"], 0, "{}: {side}: {w:#}", w["name"]);
         }
     }
+    assert_eq!(json["settings"]["host_cpu"], 0);
+    assert_eq!(json["settings"]["client_cpu"], serde_json::Value::Null);
     assert_eq!(json["scale"]["held"], 100);
     assert_eq!(json["agent"]["cold_start_ms"].as_array().unwrap().len(), 1);
     assert!(json["agent"]["stripped_binary_bytes"].as_u64().unwrap() > 0);
@@ -132,5 +136,9 @@ fn bench_smoke_root_every_workload_runs_and_reports() {
     assert!(md.contains("| keep-alive, 1 connection |"), "{md}");
     assert!(md.contains("The floor of a local proxy"), "{md}");
     assert!(md.contains("Every request succeeded: yes."), "{md}");
+    assert!(
+        md.contains("client not pinned, msp-host pinned to CPU 0"),
+        "{md}"
+    );
     assert_eq!(stdout.trim(), md.trim());
 }
