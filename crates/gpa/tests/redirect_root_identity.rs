@@ -411,6 +411,30 @@ fn c3_root_a_bind_mounted_impostor_never_gets_the_allowed_path() {
     setup.redirector.stop().unwrap();
 }
 
+/// Waits until `copy`, a just-written copy of this test binary, can be executed. A child that another test thread
+/// forked while the copy was open for writing holds that descriptor until its own `exec`, and until then an `exec`
+/// of the copy fails with `ETXTBSY`; the wrapper shell would then exit instead of running the client. Nothing
+/// opens the copy for writing again, so one successful run (listing the tests) is enough.
+fn wait_until_executable(copy: &Path) {
+    for _ in 0..100 {
+        match Command::new(copy)
+            .arg("--list")
+            .stdout(Stdio::null())
+            .status()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("run {}: {e}", copy.display()),
+            Ok(status) => {
+                assert!(status.success(), "{} --list: {status}", copy.display());
+                return;
+            }
+        }
+    }
+    panic!("{} stayed busy for a second", copy.display());
+}
+
 #[test]
 fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims() {
     if !root_ready("f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims") {
@@ -421,6 +445,7 @@ fn f2_root_control_characters_in_the_executable_path_are_escaped_in_the_claims()
     let name = "tool\n{\"userName\": \"root\"}\u{1b}[2J";
     let evil = dir.path().join(name);
     std::fs::copy(std::env::current_exe().unwrap(), &evil).unwrap();
+    wait_until_executable(&evil);
     let setup = Setup::new("ctrlpath");
     let mut spawn = setup.client("hold");
     spawn
