@@ -26,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 EVENTS = ",".join(
@@ -34,81 +35,108 @@ EVENTS = ",".join(
         "sys_enter_sendto",
         "sys_enter_write",
         "sys_enter_writev",
+        "sys_enter_recvfrom",
         "sys_exit_recvfrom",
+        "sys_enter_read",
         "sys_exit_read",
     )
-) + ",sched:sched_switch"
+)
 
 LINE = re.compile(r"^\s*(\S.*?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 SENDS = ("sendto", "write", "writev")
 RECEIVES = ("recvfrom", "read")
 
 
-def pgrep(pattern, exact=False):
-    out = subprocess.run(
-        ["pgrep", "-x" if exact else "-f", pattern], capture_output=True, text=True
-    ).stdout
-    return [int(p) for p in out.split()]
+def children(pid):
+    """{child pid: argv} of a running process."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    kids = {}
+    for child in out.split():
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                kids[int(child)] = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            pass  # gone already
+    return kids
 
 
 def run_bench(args):
-    """Runs the bench under perf; returns the roles' pids (clients in round order: agent, direct, relay)."""
-    os.makedirs(args.out, exist_ok=True)
+    """Runs the bench under perf; returns the pids of the bench, the agent, the host and the bare relay."""
     gpa = os.path.join(args.bin_dir, "gpa")
+    log = open(os.path.join(args.out, "bench.log"), "w")
     bench = subprocess.Popen(
         [os.path.join(args.bin_dir, "msp-bench"), "--gpa", gpa, "--only", "keepalive-1", "--rounds", "1",
          "--scale", "0", "--cold-starts", "0", "--relay-mode", "tokio", "--out", args.out] + args.extra,
-        stdout=open(os.path.join(args.out, "bench.log"), "w"), stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT,
     )
-    roles = {"agent": None, "host": None, "relay": None}
-    clients = []
+    roles = {"bench": bench.pid, "agent": None, "host": None, "relay": None}
     perf = None
-    while bench.poll() is None:
-        if roles["agent"] is None:
-            roles["agent"] = next(iter(pgrep("^" + re.escape(gpa) + " run")), None)
-        if roles["host"] is None:
-            roles["host"] = next(iter(pgrep("msp-host", exact=True)), None)
-        if perf is None and roles["agent"] is not None:
-            perf = subprocess.Popen(
-                ["perf", "record", "-a", "-e", EVENTS, "--exclude-perf", "-m", "1024",
-                 "-o", os.path.join(args.out, "perf.data")],
-                stdout=subprocess.DEVNULL, stderr=open(os.path.join(args.out, "perf.log"), "w"),
-            )
-        if roles["relay"] is None:
-            roles["relay"] = next(iter(pgrep("msp-bench relay")), None)
-        for pid in pgrep("msp-bench worker"):
-            if pid not in clients:
-                clients.append(pid)
-        time.sleep(0.02)
-    if perf is not None:
-        perf.send_signal(signal.SIGINT)
-        perf.wait()
+    try:
+        # The bench's own children, looked up until all three are known (the relay starts before the first round),
+        # so the lookups do not run beside the measured rounds.
+        while bench.poll() is None and None in roles.values():
+            for pid, argv in children(bench.pid).items():
+                name = os.path.basename(argv[0])
+                if name == "gpa" and argv[1:2] == ["run"]:
+                    roles["agent"] = pid
+                elif name == "msp-host":
+                    roles["host"] = pid
+                elif name == "msp-bench" and argv[1:2] == ["relay"]:
+                    roles["relay"] = pid
+            if perf is None and roles["agent"] is not None:
+                perf = subprocess.Popen(
+                    ["perf", "record", "-a", "-e", EVENTS, "--exclude-perf", "-m", "1024",
+                     "-o", os.path.join(args.out, "perf.data")],
+                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(args.out, "perf.log"), "w"),
+                )
+            time.sleep(0.05)
+        bench.wait(timeout=600)
+    finally:
+        if bench.poll() is None:
+            bench.send_signal(signal.SIGTERM)  # msp-bench stops what it started and removes its cgroup
+            bench.wait()
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
     if bench.returncode != 0:
         sys.exit(f"msp-bench failed (exit {bench.returncode}); see {args.out}/bench.log")
-    return roles, clients
+    if perf is None or perf.returncode not in (0, -signal.SIGINT):
+        sys.exit(f"perf record failed; see {args.out}/perf.log")
+    return roles
 
 
 def events(path, skip_comms):
-    """(time, pid, 'send' | 'recv', cpu) in time order, from `perf script`."""
+    """(time, pid, 'send' | 'recv', cpu) in time order, from `perf script`: receives that returned data, and sends
+    on a descriptor the same process also received from (its sockets, not its log files)."""
     script = subprocess.run(
         ["perf", "script", "-i", path, "-F", "comm,pid,tid,cpu,time,event,trace"],
         capture_output=True, text=True,
-    ).stdout
-    out = []
-    for line in script.splitlines():
+    )
+    if script.returncode != 0:
+        sys.exit(f"perf script failed: {script.stderr.strip()}")
+    fd_of = {}  # tid -> the descriptor of its receive in progress
+    received = set()  # (pid, fd)
+    raw = []
+    for line in script.stdout.splitlines():
         m = LINE.match(line)
         if not m:
             continue
         comm, pid, tid, cpu, t, event, rest = m.groups()
         if comm in skip_comms:
             continue
-        if event.startswith("syscalls:sys_enter_") and event[19:] in SENDS:
-            out.append((float(t), int(pid), "send", int(cpu)))
+        if event.startswith("syscalls:sys_enter_"):
+            fd = int(rest.split(",")[0].split(":")[1], 16)
+            if event[19:] in SENDS:
+                raw.append((float(t), int(pid), "send", int(cpu), fd))
+            else:
+                fd_of[tid] = fd
         elif event.startswith("syscalls:sys_exit_") and event[18:] in RECEIVES:
             ret = int(rest, 16)
-            if 0 < ret < 1 << 62:
-                out.append((float(t), int(pid), "recv", int(cpu)))
-    return out
+            fd = fd_of.pop(tid, None)
+            if 0 < ret < 1 << 62 and fd is not None:
+                raw.append((float(t), int(pid), "recv", int(cpu), fd))
+                received.add((int(pid), fd))
+    return [e[:4] for e in raw if e[2] == "recv" or (e[1], e[4]) in received]
 
 
 def chains(evs, client, proxy, host):
@@ -167,26 +195,37 @@ def report(label, reqs, proxied):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="/tmp/hop-latency")
+    ap.add_argument("--out", help="where the trace and the bench's results go (default: a new temporary folder)")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--again", action="store_true", help="analyse the trace already in --out; run nothing")
     ap.add_argument("extra", nargs="*", help="more msp-bench arguments (after --)")
     args = ap.parse_args()
+    if args.out is None:
+        if args.again:
+            sys.exit("--again needs --out")
+        args.out = tempfile.mkdtemp(prefix="hop-latency-")
     saved = os.path.join(args.out, "pids.json")
     if args.again:
         with open(saved) as f:
-            roles, clients = json.load(f)
+            roles = json.load(f)
     else:
-        roles, clients = run_bench(args)
+        os.makedirs(args.out, exist_ok=True)
+        roles = run_bench(args)
         with open(saved, "w") as f:
-            json.dump([roles, clients], f)
+            json.dump(roles, f)
     # The store thread's writes are the audit log's, not the exchange's.
     evs = events(os.path.join(args.out, "perf.data"), skip_comms={"msp-host-store"})
-    # Readiness probes are workers too; a round's client is one that sent many requests.
-    sent = collections.Counter(e[1] for e in evs if e[2] == "send")
-    clients = [c for c in clients if sent[c] >= 100]
+    # Each round's client is a worker of the bench's that sent many requests (readiness probes send a few), in
+    # the order of the rounds: agent, direct, bare relay.
+    known = set(roles.values())
+    sent = collections.Counter(e[1] for e in evs if e[2] == "send" and e[1] not in known)
+    first = {}
+    for e in evs:
+        first.setdefault(e[1], e[0])
+    clients = sorted((p for p, n in sent.items() if n >= 100), key=first.get)
     if None in roles.values() or len(clients) != 3:
         sys.exit(f"could not tell the processes apart: {roles}, clients {clients}")
+    print(f"trace and bench results in {args.out}")
     for label, client, proxy in (("agent", clients[0], roles["agent"]), ("direct", clients[1], None),
                                  ("bare relay", clients[2], roles["relay"])):
         reqs = chains(evs, client, proxy, roles["host"])

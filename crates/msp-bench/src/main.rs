@@ -34,8 +34,9 @@ struct Cli {
     /// Pin the load generator to this CPU; `none` leaves it to the scheduler.
     #[arg(long, default_value = "1")]
     client_cpu: String,
-    /// Pin every msp-host thread to this CPU; `none` (the default) leaves them to the scheduler. With the host
-    /// on the CPU the client is not pinned to, a proxy's hops cannot all cross CPUs (see BENCHMARKS.md).
+    /// Pin msp-host (every thread it starts) to this CPU; `none` (the default) leaves it to the scheduler.
+    /// Pinning takes the host's placement out of a comparison between two builds, and it also changes the
+    /// direct path's figures (see BENCHMARKS.md).
     #[arg(long, default_value = "none")]
     host_cpu: String,
     /// Connections held through the agent at once for the memory-at-scale figure; 0 skips.
@@ -113,9 +114,16 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_default();
+    let cpus = match msp_bench::worker::allowed_cpus() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("msp-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (client_cpu, host_cpu) = match (
-        cpu_arg("--client-cpu", &cli.client_cpu),
-        cpu_arg("--host-cpu", &cli.host_cpu),
+        cpu_arg("--client-cpu", &cli.client_cpu, &cpus),
+        cpu_arg("--host-cpu", &cli.host_cpu, &cpus),
     ) {
         (Ok(c), Ok(h)) => (c, h),
         (Err(e), _) | (_, Err(e)) => {
@@ -173,13 +181,21 @@ fn main() -> ExitCode {
     code
 }
 
-/// A CPU number, or `none`.
-fn cpu_arg(flag: &str, value: &str) -> Result<Option<usize>, String> {
-    match value {
-        "none" => Ok(None),
-        n => n
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{flag}: {n:?} is not a CPU number or `none`")),
+/// A CPU number this process may run on, or `none`.
+fn cpu_arg(flag: &str, value: &str, allowed: &[usize]) -> Result<Option<usize>, String> {
+    if value == "none" {
+        return Ok(None);
+    }
+    let cpu: usize = value
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a CPU number or `none`"))?;
+    if allowed.contains(&cpu) {
+        Ok(Some(cpu))
+    } else {
+        let list: Vec<String> = allowed.iter().map(usize::to_string).collect();
+        Err(format!(
+            "{flag}: CPU {cpu} is not one msp-bench may run on (allowed: {})",
+            list.join(", ")
+        ))
     }
 }

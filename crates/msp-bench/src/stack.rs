@@ -174,16 +174,18 @@ impl Stack {
         std::fs::write(&config_path, config.to_string()).map_err(io("host.json"))?;
         let log_path = dir.join("host.log");
         let log = std::fs::File::create(&log_path).map_err(io("host.log"))?;
-        let host = Proc::spawn(
-            Command::new(&bins.host)
-                .args(["run", "--log", "warn", "--config"])
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().map_err(io("host.log"))?)
-                .stderr(log),
-            cleanup,
-        )
-        .map_err(io(format!("spawn {}", bins.host.display())))?;
+        let mut cmd = Command::new(&bins.host);
+        cmd.args(["run", "--log", "warn", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("host.log"))?)
+            .stderr(log);
+        let spawned = match host_cpu {
+            None => Proc::spawn(&mut cmd, cleanup),
+            Some(cpu) => crate::worker::with_cpu(cpu, || Proc::spawn(&mut cmd, cleanup))
+                .map_err(|why| StackError::PinHost { cpu, why })?,
+        };
+        let host = spawned.map_err(io(format!("spawn {}", bins.host.display())))?;
         let admin = AdminClient::new(addrs.admin, token);
         let deadline = Instant::now() + HOST_START;
         while rt.block_on(admin.vms()).is_err() {
@@ -193,10 +195,6 @@ impl Stack {
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(cpu) = host_cpu {
-            crate::worker::pin_process(host.pid(), cpu)
-                .map_err(|why| StackError::PinHost { cpu, why })?;
         }
         let cgroup = BenchCgroup::create(cleanup).map_err(io("create the bench cgroup"))?;
         Ok(Stack {

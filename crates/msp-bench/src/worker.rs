@@ -106,7 +106,7 @@ pub fn main() -> Result<(), String> {
         .map_err(|e| format!("stdin: {e}"))?;
     let spec: Spec = serde_json::from_str(&line).map_err(|e| format!("spec: {e}"))?;
     if let Some(cpu) = spec.cpu {
-        pin(0, cpu)?;
+        pin(cpu)?;
     }
     line.clear();
     std::io::stdin()
@@ -123,41 +123,34 @@ pub fn main() -> Result<(), String> {
     writeln!(out, "{json}").map_err(|e| format!("stdout: {e}"))
 }
 
-/// Pins thread `tid` (0: the calling thread) to `cpu`.
-pub fn pin(tid: i32, cpu: usize) -> Result<(), String> {
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) -> Result<(), String> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set)
-        .map_err(|e| format!("pin thread {tid} to cpu {cpu}: {e}"))
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pin to cpu {cpu}: {e}"))
 }
 
-/// Pins every thread of process `pid` to `cpu`; the threads it starts later inherit the mask from the thread
-/// that starts them. Returns how many threads were pinned.
-pub fn pin_process(pid: u32, cpu: usize) -> Result<usize, String> {
-    let mut pinned = std::collections::BTreeSet::new();
-    // A thread started by a not yet pinned thread during a pass shows up in the next one.
-    loop {
-        let dir = format!("/proc/{pid}/task");
-        let tasks = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
-        let mut new = 0;
-        for task in tasks {
-            let task = task.map_err(|e| format!("{dir}: {e}"))?;
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pinned.insert(tid) {
-                pin(tid, cpu)?;
-                new += 1;
-            }
-        }
-        if new == 0 {
-            return Ok(pinned.len());
-        }
-    }
+/// The CPUs the calling thread may run on.
+pub fn allowed_cpus() -> Result<Vec<usize>, String> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| format!("affinity of this thread: {e}"))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect())
+}
+
+/// Runs `f` with the calling thread pinned to `cpu`, then gives the thread back its own CPUs. A process that `f`
+/// spawns inherits the pinning at `fork` and keeps it across `exec`, so every thread it ever starts is pinned too.
+pub fn with_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> Result<T, String> {
+    let me = nix::unistd::Pid::from_raw(0);
+    let own =
+        nix::sched::sched_getaffinity(me).map_err(|e| format!("affinity of this thread: {e}"))?;
+    pin(cpu)?;
+    let out = f();
+    nix::sched::sched_setaffinity(me, &own)
+        .map_err(|e| format!("give this thread back its CPUs: {e}"))?;
+    Ok(out)
 }
 
 /// A TCP connection to `target`, from `bind` when given, with `TCP_NODELAY`.
