@@ -17,6 +17,7 @@
 //! (conf 23, 56). Only the key keeper publishes; everyone else holds a `watch::Receiver`. A snapshot never
 //! changes after it is published, and it is never written to disk or logged (its key prints as `***`).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -82,9 +83,34 @@ impl Snapshot {
         self.clock.date_header(Instant::now(), SystemTime::now())
     }
 
-    /// [`Snapshot::date_header`] into `buf`, for the request path: no allocation.
+    /// [`Snapshot::date_header`] into `buf`, for the request path: no allocation, and formatted once per second
+    /// per thread.
     pub fn date_header_into<'b>(&self, buf: &'b mut [u8; sign::HOST_DATE_LEN]) -> &'b [u8] {
-        sign::format_host_date_into(self.clock.now(), buf)
+        thread_local! {
+            static LAST: Cell<sign::HostDateCache> = const { Cell::new(sign::HostDateCache::new()) };
+        }
+        let now = self.clock.now();
+        let len = LAST
+            .try_with(|last| {
+                let mut cache = last.get();
+                let len = copy_into(cache.format(now), buf);
+                last.set(cache);
+                len
+            })
+            // A thread being torn down has no cache left: format directly.
+            .unwrap_or_else(|_| sign::format_host_date_into(now, buf).len());
+        buf.get(..len).unwrap_or_default()
+    }
+}
+
+/// Copies `text` (a host date, at most `HOST_DATE_LEN` bytes) to the front of `buf`; returns its length.
+fn copy_into(text: &[u8], buf: &mut [u8; sign::HOST_DATE_LEN]) -> usize {
+    match buf.get_mut(..text.len()) {
+        Some(front) => {
+            front.copy_from_slice(text);
+            text.len()
+        }
+        None => 0,
     }
 }
 
@@ -211,6 +237,38 @@ mod tests {
             clock.date_header(t0 + Duration::from_millis(61_500), local),
             "Wed, 23 Apr 2025 12:01:01 GMT"
         );
+    }
+
+    /// The request path formats its date through a per-thread cache shared by every snapshot: each snapshot's
+    /// requests must still carry the date of its own clock, however the snapshots alternate.
+    #[test]
+    fn conf_028_request_dates_follow_each_snapshot_clock_through_the_thread_cache() {
+        let now = Instant::now();
+        let synced_to = |date: &str| {
+            let mut snap =
+                Snapshot::initial(EndpointAddrs::default(), ([127, 0, 0, 1], 3080).into());
+            snap.clock = HostClock::synced(Some(date.as_bytes()), None, now).unwrap();
+            snap
+        };
+        let snapshots = [
+            synced_to(DATE),
+            synced_to("Thu, 24 Apr 2025 08:30:00 GMT"),
+            Snapshot::initial(EndpointAddrs::default(), ([127, 0, 0, 1], 3080).into()),
+        ];
+        let mut buf = [0u8; sign::HOST_DATE_LEN];
+        for _ in 0..3 {
+            for snap in &snapshots {
+                // A second may end between the calls: the date is one of the two around it.
+                let before = snap.date_header();
+                let sent = snap.date_header_into(&mut buf).to_vec();
+                let after = snap.date_header();
+                assert!(
+                    sent == before.as_bytes() || sent == after.as_bytes(),
+                    "{:?} is neither {before:?} nor {after:?}",
+                    String::from_utf8_lossy(&sent)
+                );
+            }
+        }
     }
 
     #[test]

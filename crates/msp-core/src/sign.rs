@@ -404,6 +404,43 @@ pub fn format_host_date_into(t: SystemTime, buf: &mut [u8; HOST_DATE_LEN]) -> &[
     buf.get(..written).unwrap_or_default()
 }
 
+/// The last host date [`format_host_date_into`] wrote, so that the requests of one second format it once: a
+/// formatted date changes only with the whole second (issue 8). Kept by the caller (the agent: one per thread).
+#[derive(Debug, Clone, Copy)]
+pub struct HostDateCache {
+    /// The whole second since 1970 that `text` shows; `None` before the first date.
+    second: Option<u64>,
+    text: [u8; HOST_DATE_LEN],
+    len: usize,
+}
+
+impl HostDateCache {
+    pub const fn new() -> HostDateCache {
+        HostDateCache {
+            second: None,
+            text: [0; HOST_DATE_LEN],
+            len: 0,
+        }
+    }
+
+    /// [`format_host_date_into`] of `t`, formatted again only when its whole second differs from the last one.
+    pub fn format(&mut self, t: SystemTime) -> &[u8] {
+        let t = clamp_host_date(t);
+        let second = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.second != Some(second) {
+            self.len = format_host_date_into(t, &mut self.text).len();
+            self.second = Some(second);
+        }
+        self.text.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl Default for HostDateCache {
+    fn default() -> Self {
+        HostDateCache::new()
+    }
+}
+
 /// httpdate panics outside 1970..=9999; a host clock anchored near either end must not take the agent down.
 fn clamp_host_date(t: SystemTime) -> SystemTime {
     t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST_HOST_DATE)

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 
 use msp_core::Endpoint;
 use msp_core::canon::{
-    CanonError, CanonicalQuery, Destination, canonicalize, canonicalize_path, classify_authority,
-    raw_path, traversal_guard,
+    CanonError, CanonicalQuery, CanonicalRequest, Destination, canonicalize, canonicalize_into,
+    canonicalize_path, classify_authority, raw_path, traversal_guard,
 };
 use msp_core::endpoint::EndpointAddrs;
 use proptest::prelude::*;
@@ -53,6 +53,22 @@ fn method() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Targets for a reused slot: mostly ones that canonicalise, with and without a query, some that do not.
+fn slot_target() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        2 => "(/[a-zA-Z.]{1,6}){0,4}/?(\\?([a-zA-Z]{1,3}(=[a-z0-9]{0,3})?&?){0,5})?".prop_map(String::into_bytes),
+        2 => (fixed_point_input(), prop::option::of(fixed_point_input())).prop_map(|(path, query)| {
+            let mut target = [b"/".as_slice(), &path].concat();
+            if let Some(query) = query {
+                target.push(b'?');
+                target.extend_from_slice(&query);
+            }
+            target
+        }),
+        1 => target_bytes(),
+    ]
+}
+
 fn imds() -> Destination {
     Destination::Endpoint(Endpoint::Imds)
 }
@@ -68,6 +84,29 @@ proptest! {
         let _ = canonicalize_path(&target);
         let _ = CanonicalQuery::parse(&target);
         let _ = classify_authority(&target, &addrs);
+    }
+
+    /// The proxy keeps one slot per request buffer set and canonicalises every request into it: each must come
+    /// out exactly as from a fresh slot, and a failed one must leave no request behind for the rules to match.
+    #[test]
+    fn a_reused_slot_canonicalises_each_request_like_a_fresh_one(
+        requests in prop::collection::vec((method(), slot_target()), 1..16)
+    ) {
+        let addrs = EndpointAddrs::default();
+        let mut slot = CanonicalRequest::default();
+        for (method, target) in &requests {
+            let fresh = canonicalize(method, target, &imds(), &addrs);
+            let reused = canonicalize_into(method, target, &imds(), &addrs, &mut slot);
+            match (reused, fresh) {
+                (Ok(()), Ok(fresh)) => prop_assert_eq!(&slot, &fresh),
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert!(slot.path.is_root() && !slot.path.trailing_slash());
+                    prop_assert!(slot.query.is_empty());
+                }
+                (reused, fresh) => prop_assert!(false, "reused {:?}, fresh {:?}", reused, fresh),
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
 
 use bytes::BytesMut;
+use msp_core::canon::CanonicalRequest;
 
 use super::head::RequestHead;
 use super::limits::{POOL_MAX_PER_THREAD, POOLED_BUFFER_MAX};
@@ -42,6 +43,8 @@ pub(super) struct Buffers {
     pub(super) ubuf: BytesMut,
     /// The bytes going to the client.
     pub(super) out: Vec<u8>,
+    /// The current request in canonical form, while the rules match it.
+    pub(super) canonical: CanonicalRequest,
 }
 
 impl Buffers {
@@ -55,6 +58,7 @@ impl Buffers {
         }
         self.trim_vectors();
         self.head.reset();
+        self.canonical.clear();
     }
 
     fn byte_vectors(&mut self) -> [&mut Vec<u8>; 4] {
@@ -66,15 +70,19 @@ impl Buffers {
         ]
     }
 
-    /// Frees the byte vectors and the upstream buffer that grew past [`POOLED_BUFFER_MAX`] (a large response
-    /// grows the upstream buffer to 64 KiB); the others keep their bytes. The upstream buffer is empty between
-    /// responses: it is cleared before each one is read.
+    /// Frees the byte vectors, the upstream buffer and the canonical request's buffers that grew past
+    /// [`POOLED_BUFFER_MAX`] (a large response grows the upstream buffer to 64 KiB); the others keep their bytes.
+    /// The upstream buffer is empty between responses: it is cleared before each one is read.
     fn trim_vectors(&mut self) {
         clear_and_trim(&mut self.ubuf);
         for v in self.byte_vectors() {
             if v.capacity() > POOLED_BUFFER_MAX {
                 *v = Vec::new();
             }
+        }
+        // A target of many short parameters spills the query's pairs to the heap, 24 bytes each.
+        if self.canonical.capacity_bytes() > POOLED_BUFFER_MAX {
+            self.canonical = CanonicalRequest::default();
         }
     }
 }
@@ -152,7 +160,7 @@ fn spill(pool: &mut Stack, depot: &Mutex<Stack>) {
 
 /// [`Buffers`] in one box, taken from the pool on the first write and given back by
 /// [`OnDemand::release`] or when the connection ends: an idle connection holds one empty pointer instead of
-/// seven buffer headers and a parsed head (catalog G1). Reading a released one sees empty buffers and takes
+/// eight buffer headers and a parsed head (catalog G1). Reading a released one sees empty buffers and takes
 /// nothing.
 #[derive(Default)]
 pub(super) struct OnDemand(Option<Box<Buffers>>);
@@ -207,6 +215,8 @@ impl std::ops::DerefMut for OnDemand {
 mod tests {
     use bytes::Buf;
 
+    use msp_core::canon;
+
     use super::*;
     use crate::proxy::head;
 
@@ -229,6 +239,8 @@ mod tests {
         b.ubuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         b.out.extend_from_slice(b"response");
         b.body.extend_from_slice(b"body");
+        b.canonical.path = canon::canonicalize_path(b"/secret").unwrap();
+        b.canonical.query = canon::CanonicalQuery::parse(b"token=abc").unwrap();
         let given: *const Buffers = &*first;
         first.release();
         assert!(!first.is_held());
@@ -244,6 +256,7 @@ mod tests {
             b.head_buf.is_empty() && b.body.is_empty() && b.send.is_empty() && b.out.is_empty()
         );
         assert_eq!(b.head, RequestHead::default());
+        assert_eq!(b.canonical, CanonicalRequest::default());
     }
 
     #[test]
@@ -252,10 +265,15 @@ mod tests {
         conn.rbuf.extend_from_slice(b"GET / HTTP/1.1\r\n"); // the next request, already here
         conn.out.reserve(POOLED_BUFFER_MAX * 4);
         conn.ubuf.reserve(POOLED_BUFFER_MAX * 8); // what a 64 KiB response leaves behind
+        // What a target of 1,000 parameters leaves behind: 24 KB of pairs.
+        let many = vec!["a=1"; 1000].join("&");
+        conn.canonical.query = canon::CanonicalQuery::parse(many.as_bytes()).unwrap();
+        assert!(conn.canonical.capacity_bytes() > POOLED_BUFFER_MAX);
         conn.release();
         assert!(conn.is_held(), "pipelined bytes stay with their connection");
         assert_eq!(&conn.rbuf[..], b"GET / HTTP/1.1\r\n");
         assert!(conn.out.capacity() <= POOLED_BUFFER_MAX);
+        assert!(conn.canonical.capacity_bytes() <= POOLED_BUFFER_MAX);
         assert!(
             !conn.ubuf.try_reclaim(POOLED_BUFFER_MAX + 1),
             "a held box keeps no large upstream buffer"

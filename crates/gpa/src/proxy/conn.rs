@@ -257,9 +257,14 @@ impl Conn {
         let started = Instant::now();
         let id = self.shared.next_request_id();
         self.shared.status.board.count_request(); // step 1
-        let verdict = decide(&self.b.head_buf, &self.b.head, &self.caller, || {
-            self.shared.snapshots.borrow().clone()
-        });
+        let b = &mut *self.b;
+        let verdict = decide(
+            &b.head_buf,
+            &b.head,
+            &self.caller,
+            || self.shared.snapshots.borrow().clone(),
+            &mut b.canonical,
+        );
         let (status, reason, kind, detail, keep) = match verdict {
             Verdict::Refuse {
                 reason,

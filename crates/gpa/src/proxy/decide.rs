@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use msp_core::canon::{self, Destination, Method};
+use msp_core::canon::{self, CanonicalRequest, Destination, Method};
 use msp_core::endpoint::unmap;
 use msp_core::rules::{self, Decision};
 use msp_core::{Claims, Endpoint, Reason};
@@ -89,12 +89,14 @@ fn refuse(reason: Reason) -> Verdict {
 }
 
 /// Decides one request (spec §8.2 steps 2–10). `head` is the request's head bytes; `snapshots` is read only
-/// when step 9 is reached.
+/// when step 9 is reached. `slot` holds the canonical request while the rules match it (reused, not allocated,
+/// from one request to the next).
 pub fn decide(
     head: &[u8],
     parsed: &RequestHead,
     caller: &Caller,
     snapshot: impl FnOnce() -> Arc<Snapshot>,
+    slot: &mut CanonicalRequest,
 ) -> Verdict {
     let method_bytes = parsed.method.of(head);
     let target = parsed.target.of(head);
@@ -176,7 +178,7 @@ pub fn decide(
             .original_dst
             .is_some_and(|d| unmap(d) == unmap(snapshot.listen));
     let (audit, detail) =
-        match rules::authorize(&request, dest_is_listener, claims, &snapshot.items) {
+        match rules::authorize_in(&request, dest_is_listener, claims, &snapshot.items, slot) {
             Decision::Allow { .. } => (None, String::new()),
             Decision::Deny { reason, privilege } => {
                 return Verdict::Refuse {

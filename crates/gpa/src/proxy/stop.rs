@@ -21,11 +21,14 @@ pub(super) struct Stop {
 }
 
 impl Stop {
-    /// Sets the flag, then wakes every registered connection: each sees the flag when it next runs.
+    /// Sets the flag, then wakes every registered connection: each sees the flag when it next runs. The wakers
+    /// are copied out and woken after the lock: a woken connection that ends at once removes its waker under the
+    /// same lock, and must not wait for the other 10,000 wake-ups.
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        for (_, waker) in self.wakers().iter() {
-            waker.wake_by_ref();
+        let wakers: Vec<Waker> = self.wakers().iter().map(|(_, w)| w.clone()).collect();
+        for waker in wakers {
+            waker.wake();
         }
     }
 

@@ -20,7 +20,7 @@ use std::fmt;
 pub use decode::traversal_guard;
 pub use error::CanonError;
 pub use host::{Destination, classify_authority};
-pub use path::{CanonicalPath, canonicalize_path, canonicalize_pattern};
+pub use path::{CanonicalPath, canonicalize_path, canonicalize_path_into, canonicalize_pattern};
 pub use query::{CanonicalQuery, decode_component};
 pub use target::raw_path;
 
@@ -85,7 +85,32 @@ pub struct CanonicalRequest {
     pub query: CanonicalQuery,
 }
 
+/// An empty slot for [`canonicalize_into`]: `GET /` to an unknown destination, never the result of a request.
+impl Default for CanonicalRequest {
+    fn default() -> Self {
+        CanonicalRequest {
+            method: Method::Get,
+            destination: Destination::Unknown(String::new()),
+            path: CanonicalPath::default(),
+            query: CanonicalQuery::default(),
+        }
+    }
+}
+
 impl CanonicalRequest {
+    /// Back to [`CanonicalRequest::default`], keeping the path's and the query's buffers.
+    pub fn clear(&mut self) {
+        self.method = Method::Get;
+        self.destination = Destination::Unknown(String::new());
+        self.path.clear();
+        self.query.clear();
+    }
+
+    /// Bytes of heap the slot keeps between requests: its path's and query's buffers.
+    pub fn capacity_bytes(&self) -> usize {
+        self.path.capacity_bytes() + self.query.capacity_bytes()
+    }
+
     /// The canonical origin-form target: rendered path and query (spec §5.2, §5.3).
     pub fn render_target(&self) -> String {
         format!("{}{}", self.path, self.query)
@@ -110,6 +135,11 @@ impl Request<'_> {
     pub fn canonicalize(&self) -> Result<CanonicalRequest, CanonError> {
         canonicalize(self.method, self.target, self.dest, self.addrs)
     }
+
+    /// [`canonicalize_into`] for this request.
+    pub fn canonicalize_into(&self, out: &mut CanonicalRequest) -> Result<(), CanonError> {
+        canonicalize_into(self.method, self.target, self.dest, self.addrs, out)
+    }
 }
 
 /// Runs steps 1–6 of spec §5.2 on a request-target. `conn_dest` is the connection's original destination: an
@@ -120,25 +150,50 @@ pub fn canonicalize(
     conn_dest: &Destination,
     addrs: &EndpointAddrs,
 ) -> Result<CanonicalRequest, CanonError> {
+    let mut out = CanonicalRequest::default();
+    canonicalize_into(method, target, conn_dest, addrs, &mut out)?;
+    Ok(out)
+}
+
+/// [`canonicalize`] into `out`, reusing its path and query buffers, so that a proxy that keeps one
+/// [`CanonicalRequest`] per request slot canonicalises without allocating. After an error `out` is cleared
+/// ([`CanonicalRequest::clear`]): no part of the failed request, or of an earlier one, is left to match.
+pub fn canonicalize_into(
+    method: &str,
+    target: &[u8],
+    conn_dest: &Destination,
+    addrs: &EndpointAddrs,
+    out: &mut CanonicalRequest,
+) -> Result<(), CanonError> {
+    let filled = fill(method, target, conn_dest, addrs, out);
+    if filled.is_err() {
+        out.clear();
+    }
+    filled
+}
+
+fn fill(
+    method: &str,
+    target: &[u8],
+    conn_dest: &Destination,
+    addrs: &EndpointAddrs,
+    out: &mut CanonicalRequest,
+) -> Result<(), CanonError> {
     let parts = target::split_target(target)?; // 1
-    let method = Method::parse(method).ok_or(CanonError::MethodNotAllowed)?; // 2
+    out.method = Method::parse(method).ok_or(CanonError::MethodNotAllowed)?; // 2
     if let Some(authority) = parts.authority {
         // 3, 4
         if classify_authority(authority, addrs)? != *conn_dest {
             return Err(CanonError::HostMismatch);
         }
     }
-    let path = canonicalize_path(parts.path)?; // 5
-    let query = match parts.query {
-        Some(raw) => CanonicalQuery::parse(raw)?,
-        None => CanonicalQuery::default(),
-    }; // 6
-    Ok(CanonicalRequest {
-        method,
-        destination: conn_dest.clone(),
-        path,
-        query,
-    })
+    canonicalize_path_into(parts.path, &mut out.path)?; // 5
+    match parts.query {
+        Some(raw) => out.query.parse_into(raw)?,
+        None => out.query.clear(),
+    } // 6
+    out.destination.clone_from(conn_dest);
+    Ok(())
 }
 
 #[cfg(test)]

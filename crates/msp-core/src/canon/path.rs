@@ -34,6 +34,16 @@ impl CanonicalPath {
         self.trailing_slash
     }
 
+    /// The root path, keeping the buffer.
+    pub(super) fn clear(&mut self) {
+        self.joined.clear();
+        self.trailing_slash = false;
+    }
+
+    pub(super) fn capacity_bytes(&self) -> usize {
+        self.joined.capacity()
+    }
+
     /// No segment at all: `/`, which as a pattern matches every path.
     pub fn is_root(&self) -> bool {
         self.joined.is_empty()
@@ -78,10 +88,20 @@ impl fmt::Display for CanonicalPath {
 /// Canonicalises a raw request path (spec §5.2 step 5): decode once, check bytes, lowercase, resolve segments.
 /// One buffer holds the decoded path and then, resolved in place, the joined segments.
 pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
+    let mut path = CanonicalPath::default();
+    canonicalize_path_into(raw, &mut path)?;
+    Ok(path)
+}
+
+/// [`canonicalize_path`] into `out`, reusing its buffer: a request path costs no allocation once `out` has held
+/// one as long. After an error `out` is the root path.
+pub fn canonicalize_path_into(raw: &[u8], out: &mut CanonicalPath) -> Result<(), CanonError> {
+    let mut bytes = std::mem::take(&mut out.joined).into_bytes();
+    bytes.clear();
+    out.trailing_slash = false;
     // 5.1: the trailing-slash bit comes from the raw bytes.
     let trailing_slash = raw.len() > 1 && raw.last() == Some(&b'/');
     // 5.2–5.5
-    let mut bytes = Vec::with_capacity(raw.len());
     percent_decode_into(raw, false, &mut bytes)?;
     check_text(&bytes)?;
     // 5.6, 5.7
@@ -97,13 +117,10 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
     let kept = resolve_segments(&mut bytes)?;
     bytes.truncate(kept);
     // Step 5.6 admitted only ASCII, so this cannot fail.
-    let joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
+    out.joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
     // 5.10
-    let trailing_slash = trailing_slash && !joined.is_empty();
-    Ok(CanonicalPath {
-        joined,
-        trailing_slash,
-    })
+    out.trailing_slash = trailing_slash && !out.joined.is_empty();
+    Ok(())
 }
 
 /// Step 5.9 in place: drops empty and `.` segments and `;` parameters, resolves `..`, and moves the kept

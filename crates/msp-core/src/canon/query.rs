@@ -14,7 +14,8 @@ const INLINE_PAIRS: usize = 4;
 /// The canonical query: `(key, value)` pairs sorted by key (stable, so each key's values keep their order).
 ///
 /// The decoded keys and values sit back to back in one string and the pairs' places in it are sorted on the
-/// stack, so a query of up to `INLINE_PAIRS` (4) parameters costs one allocation (issue 8).
+/// stack, so a query of up to `INLINE_PAIRS` (4) parameters costs one allocation, and none when
+/// [`parse_into`](Self::parse_into) reuses a query (issue 8).
 #[derive(Clone, Default)]
 pub struct CanonicalQuery {
     /// Every kept key and value, decoded and lowercased, in request order.
@@ -35,31 +36,49 @@ impl CanonicalQuery {
     /// Parses a raw query (the bytes after `?`): split on `&`, skip empty pieces, split at the first `=`, decode
     /// and lowercase both sides, skip empty keys (spec §5.3).
     pub fn parse(raw: &[u8]) -> Result<CanonicalQuery, CanonError> {
-        let mut text = Vec::with_capacity(raw.len());
-        let mut pairs = SmallVec::new();
-        for piece in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-            let (key, value) = match piece.iter().position(|&b| b == b'=') {
-                Some(at) => (
-                    piece.get(..at).unwrap_or_default(),
-                    piece.get(at + 1..).unwrap_or_default(),
-                ),
-                None => (piece, &b""[..]),
-            };
-            let start = text.len();
-            decode_component_into(key, &mut text)?;
-            let split = text.len();
-            decode_component_into(value, &mut text)?;
-            if split == start {
-                text.truncate(start);
-            } else {
-                let end = text.len();
-                pairs.push(Pair { start, split, end });
+        let mut query = CanonicalQuery::default();
+        query.parse_into(raw)?;
+        Ok(query)
+    }
+
+    /// [`parse`](Self::parse) into `self`, reusing its buffers: a query costs no allocation once `self` has held
+    /// one as long. After an error `self` is empty.
+    pub fn parse_into(&mut self, raw: &[u8]) -> Result<(), CanonError> {
+        let mut text = std::mem::take(&mut self.text).into_bytes();
+        text.clear();
+        self.pairs.clear();
+        let parsed = decode_pairs(raw, &mut text, &mut self.pairs)
+            // Each component is valid UTF-8 on its own, so their concatenation is too.
+            .and_then(|()| String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8));
+        match parsed {
+            Ok(text) => {
+                self.text = text;
+                let text = &self.text;
+                self.pairs
+                    .sort_by(|a: &Pair, b| a.key(text).cmp(b.key(text)));
+                Ok(())
+            }
+            Err(e) => {
+                self.pairs.clear();
+                Err(e)
             }
         }
-        // Each component is valid UTF-8 on its own, so their concatenation is too.
-        let text = String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)?;
-        pairs.sort_by(|a: &Pair, b| a.key(&text).cmp(b.key(&text)));
-        Ok(CanonicalQuery { text, pairs })
+    }
+
+    /// No parameter, keeping the buffers.
+    pub(super) fn clear(&mut self) {
+        self.text.clear();
+        self.pairs.clear();
+    }
+
+    /// The text's buffer, and the pairs' when more than `INLINE_PAIRS` spilled to the heap.
+    pub(super) fn capacity_bytes(&self) -> usize {
+        let pairs = if self.pairs.spilled() {
+            self.pairs.capacity() * size_of::<Pair>()
+        } else {
+            0
+        };
+        self.text.capacity() + pairs
     }
 
     /// No parameter at all.
@@ -172,6 +191,35 @@ pub fn decode_component(raw: &[u8]) -> Result<String, CanonError> {
     let mut text = Vec::with_capacity(raw.len());
     decode_component_into(raw, &mut text)?;
     String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)
+}
+
+/// Splits a raw query into pairs: their decoded, lowercased text back to back in `text`, their places in `pairs`
+/// in request order.
+fn decode_pairs(
+    raw: &[u8],
+    text: &mut Vec<u8>,
+    pairs: &mut SmallVec<[Pair; INLINE_PAIRS]>,
+) -> Result<(), CanonError> {
+    for piece in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (key, value) = match piece.iter().position(|&b| b == b'=') {
+            Some(at) => (
+                piece.get(..at).unwrap_or_default(),
+                piece.get(at + 1..).unwrap_or_default(),
+            ),
+            None => (piece, &b""[..]),
+        };
+        let start = text.len();
+        decode_component_into(key, text)?;
+        let split = text.len();
+        decode_component_into(value, text)?;
+        if split == start {
+            text.truncate(start);
+        } else {
+            let end = text.len();
+            pairs.push(Pair { start, split, end });
+        }
+    }
+    Ok(())
 }
 
 /// [`decode_component`], appended to `out`.

@@ -4,9 +4,9 @@
 //! HostGAPlugin, and never turns a `NOT_ELEVATED` or `DEST_FORBIDDEN` into an audit-only record.
 
 use super::compile::CompiledItem;
-use super::decide::{AllowedBy, Decision, decide};
+use super::decide::{AllowedBy, Decision, decide_in};
 use super::is_exempt;
-use crate::canon::{Destination, Request};
+use crate::canon::{CanonicalRequest, Destination, Request};
 use crate::{Claims, Endpoint, Reason};
 
 /// The compiled items of one snapshot (spec §4.8), one per destination.
@@ -40,6 +40,24 @@ pub fn authorize(
     claims: &Claims,
     items: &Items,
 ) -> Decision {
+    authorize_in(
+        request,
+        listener_is_dest,
+        claims,
+        items,
+        &mut CanonicalRequest::default(),
+    )
+}
+
+/// [`authorize`], canonicalising into `slot`: the proxy keeps one per request buffer set, so that authorizing a
+/// request does not allocate (issue 8).
+pub fn authorize_in(
+    request: &Request<'_>,
+    listener_is_dest: bool,
+    claims: &Claims,
+    items: &Items,
+    slot: &mut CanonicalRequest,
+) -> Decision {
     let endpoint = match request.dest {
         Destination::Endpoint(endpoint) if !listener_is_dest => *endpoint,
         _ => return Decision::deny(Reason::DestForbidden),
@@ -52,5 +70,5 @@ pub fn authorize(
     if endpoint.elevated_only() && !claims.run_as_elevated {
         return Decision::deny(Reason::NotElevated);
     }
-    decide(items.item(endpoint), request, claims)
+    decide_in(items.item(endpoint), request, claims, slot)
 }

@@ -77,6 +77,17 @@ struct Refusal {
 
 /// Decides one request against one item (spec §4.3). `item` is `None` when the destination has no item.
 pub fn decide(item: Option<&CompiledItem>, request: &Request<'_>, claims: &Claims) -> Decision {
+    decide_in(item, request, claims, &mut CanonicalRequest::default())
+}
+
+/// [`decide`], canonicalising into `slot` (see [`crate::canon::canonicalize_into`]): the same decision, without
+/// an allocation once `slot` has held as long a request.
+pub fn decide_in(
+    item: Option<&CompiledItem>,
+    request: &Request<'_>,
+    claims: &Claims,
+    slot: &mut CanonicalRequest,
+) -> Decision {
     let Some(item) = item else {
         return Decision::Allow {
             by: AllowedBy::NoItem,
@@ -87,8 +98,8 @@ pub fn decide(item: Option<&CompiledItem>, request: &Request<'_>, claims: &Claim
             by: AllowedBy::ModeDisabled,
         };
     }
-    let verdict = match request.canonicalize() {
-        Ok(canonical) => evaluate(item, &canonical, claims),
+    let verdict = match request.canonicalize_into(slot) {
+        Ok(()) => evaluate(item, slot, claims),
         Err(e) => Err(Refusal {
             reason: e.reason(),
             privilege: None,

@@ -18,9 +18,9 @@ mod fnv;
 mod json;
 mod local;
 
-pub use authorize::{Items, authorize};
+pub use authorize::{Items, authorize, authorize_in};
 pub use compile::CompiledItem;
-pub use decide::{AllowedBy, Decision, decide};
+pub use decide::{AllowedBy, Decision, decide, decide_in};
 pub use doc::{
     DefaultAccess, Identity, ItemDoc, LocalDoc, Privilege, Role, RoleAssignment, RulesDoc,
     parse_item, parse_local_file,

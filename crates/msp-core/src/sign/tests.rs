@@ -284,6 +284,35 @@ fn each_host_header_counts_its_last_value_in_any_case() {
     );
 }
 
+/// The cache is keyed by the whole second, not by the order of calls: a later second formats again, and so does
+/// an earlier one (a host clock resynced backwards), including dates clamped at either end of the range.
+#[test]
+fn a_cached_host_date_is_always_the_date_of_its_own_second() {
+    let mut cache = HostDateCache::new();
+    let t = date();
+    let ms = Duration::from_millis;
+    let times = [
+        t,
+        t + ms(999),
+        t + ms(1_000),
+        t + ms(1_500),
+        t - ms(1),
+        t,
+        UNIX_EPOCH - ms(5_000),
+        UNIX_EPOCH,
+        UNIX_EPOCH + LAST_HOST_DATE + ms(86_400_000),
+        t,
+    ];
+    for at in times {
+        assert_eq!(cache.format(at), format_host_date(at).as_bytes(), "{at:?}");
+    }
+    assert_eq!(cache.format(t + ms(999)), DATE.as_bytes());
+    assert_eq!(
+        cache.format(t + ms(1_000)),
+        b"Wed, 23 Apr 2025 12:00:01 GMT"
+    );
+}
+
 #[test]
 fn host_date_round_trips_and_rejects_other_forms() {
     let t = date();
