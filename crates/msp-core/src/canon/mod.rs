@@ -165,35 +165,38 @@ pub fn canonicalize_into(
     addrs: &EndpointAddrs,
     out: &mut CanonicalRequest,
 ) -> Result<(), CanonError> {
-    let filled = fill(method, target, conn_dest, addrs, out);
+    let filled = out.fill(method, target, conn_dest, addrs);
     if filled.is_err() {
         out.clear();
     }
     filled
 }
 
-fn fill(
-    method: &str,
-    target: &[u8],
-    conn_dest: &Destination,
-    addrs: &EndpointAddrs,
-    out: &mut CanonicalRequest,
-) -> Result<(), CanonError> {
-    let parts = target::split_target(target)?; // 1
-    out.method = Method::parse(method).ok_or(CanonError::MethodNotAllowed)?; // 2
-    if let Some(authority) = parts.authority {
-        // 3, 4
-        if classify_authority(authority, addrs)? != *conn_dest {
-            return Err(CanonError::HostMismatch);
+impl CanonicalRequest {
+    /// Steps 1–6 into `self`; on an error, part of `self` may already hold the new request.
+    fn fill(
+        &mut self,
+        method: &str,
+        target: &[u8],
+        conn_dest: &Destination,
+        addrs: &EndpointAddrs,
+    ) -> Result<(), CanonError> {
+        let parts = target::split_target(target)?; // 1
+        self.method = Method::parse(method).ok_or(CanonError::MethodNotAllowed)?; // 2
+        if let Some(authority) = parts.authority {
+            // 3, 4
+            if classify_authority(authority, addrs)? != *conn_dest {
+                return Err(CanonError::HostMismatch);
+            }
         }
+        canonicalize_path_into(parts.path, &mut self.path)?; // 5
+        match parts.query {
+            Some(raw) => self.query.parse_into(raw)?,
+            None => self.query.clear(),
+        } // 6
+        self.destination.clone_from(conn_dest);
+        Ok(())
     }
-    canonicalize_path_into(parts.path, &mut out.path)?; // 5
-    match parts.query {
-        Some(raw) => out.query.parse_into(raw)?,
-        None => out.query.clear(),
-    } // 6
-    out.destination.clone_from(conn_dest);
-    Ok(())
 }
 
 #[cfg(test)]
