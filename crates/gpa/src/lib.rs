@@ -22,6 +22,6 @@ mod test_host;
 pub use lifecycle::run;
 
 /// Runtime worker threads at most. Proxying metadata calls is kernel-bound per connection and needs few threads;
-/// each worker costs a stack, a malloc arena and up to 3 MiB of pooled request buffers (`proxy::limits`), so the
+/// each worker costs a stack, a malloc arena and up to 3.5 MiB of pooled request buffers (`proxy::limits`), so the
 /// agent must not grow with the VM's core count (catalog G1).
 pub const MAX_WORKER_THREADS: usize = 4;

@@ -415,6 +415,7 @@ pub struct HostDateCache {
 }
 
 impl HostDateCache {
+    /// A cache that holds no date yet.
     pub const fn new() -> HostDateCache {
         HostDateCache {
             second: None,

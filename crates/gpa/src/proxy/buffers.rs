@@ -13,8 +13,8 @@
 //! whose pool is full moves half of it to a shared depot, and a thread whose pool is empty takes a batch from
 //! there: one lock per [`BATCH`] boxes that change threads.
 //!
-//! This module must never hand out a box that still holds a previous request's bytes or parsed head, keep more
-//! than [`POOL_MAX_PER_THREAD`] boxes per thread, or pool a buffer whose capacity exceeds
+//! This module must never hand out a box that still holds a previous request's bytes, parsed head or canonical
+//! form, keep more than [`POOL_MAX_PER_THREAD`] boxes per thread, or pool a buffer whose capacity exceeds
 //! [`POOLED_BUFFER_MAX`] (a 64 KiB request must not pin 64 KiB for good).
 
 use std::cell::RefCell;

@@ -36,7 +36,7 @@ pub const INITIAL_BUFFER: usize = 4 * 1024;
 /// once a response leaves it larger than [`POOLED_BUFFER_MAX`].
 pub const BODY_READ: usize = 64 * 1024;
 /// Request-buffer boxes pooled per runtime thread (catalog G1): requests in flight beyond it allocate their own,
-/// freed afterwards. With [`POOLED_BUFFER_MAX`], a thread's pool holds at most 64 × 6 × 8 KiB = 3 MiB, however
+/// freed afterwards. With [`POOLED_BUFFER_MAX`], a thread's pool holds at most 64 × 7 × 8 KiB = 3.5 MiB, however
 /// large the requests were; a pooled box after an ordinary metadata request holds ~10 KiB.
 pub const POOL_MAX_PER_THREAD: usize = 64;
 /// Capacity, in bytes, above which a request buffer is freed instead of pooled, so a 64 KiB request does not pin

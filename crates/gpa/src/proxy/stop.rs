@@ -23,7 +23,7 @@ pub(super) struct Stop {
 impl Stop {
     /// Sets the flag, then wakes every registered connection: each sees the flag when it next runs. The wakers
     /// are copied out and woken after the lock: a woken connection that ends at once removes its waker under the
-    /// same lock, and must not wait for the other 10,000 wake-ups.
+    /// same lock, and must not wait for every other connection's wake-up.
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         let wakers: Vec<Waker> = self.wakers().iter().map(|(_, w)| w.clone()).collect();

@@ -40,6 +40,7 @@ impl CanonicalPath {
         self.trailing_slash = false;
     }
 
+    /// The bytes of heap this path keeps.
     pub(super) fn capacity_bytes(&self) -> usize {
         self.joined.capacity()
     }
@@ -94,16 +95,34 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, CanonError> {
 }
 
 /// [`canonicalize_path`] into `out`, reusing its buffer: a request path costs no allocation once `out` has held
-/// one as long. After an error `out` is the root path.
+/// one as long. After an error `out` is the root path, and keeps its buffer.
 pub fn canonicalize_path_into(raw: &[u8], out: &mut CanonicalPath) -> Result<(), CanonError> {
     let mut bytes = std::mem::take(&mut out.joined).into_bytes();
     bytes.clear();
+    bytes.reserve(raw.len());
     out.trailing_slash = false;
-    // 5.1: the trailing-slash bit comes from the raw bytes.
-    let trailing_slash = raw.len() > 1 && raw.last() == Some(&b'/');
+    match canonical_bytes(raw, &mut bytes) {
+        Ok(()) => {
+            // Step 5.6 admitted only ASCII, so this cannot fail.
+            out.joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
+            // 5.1, 5.10: the trailing-slash bit comes from the raw bytes, and the root has none.
+            out.trailing_slash =
+                raw.len() > 1 && raw.last() == Some(&b'/') && !out.joined.is_empty();
+            Ok(())
+        }
+        Err(e) => {
+            bytes.clear();
+            out.joined = String::from_utf8(bytes).unwrap_or_default();
+            Err(e)
+        }
+    }
+}
+
+/// Steps 5.2–5.9 into `bytes` (empty): the joined segments, ASCII and lowercase.
+fn canonical_bytes(raw: &[u8], bytes: &mut Vec<u8>) -> Result<(), CanonError> {
     // 5.2–5.5
-    percent_decode_into(raw, false, &mut bytes)?;
-    check_text(&bytes)?;
+    percent_decode_into(raw, false, bytes)?;
+    check_text(bytes)?;
     // 5.6, 5.7
     if !bytes.is_ascii() {
         return Err(CanonError::NonAscii);
@@ -114,12 +133,8 @@ pub fn canonicalize_path_into(raw: &[u8], out: &mut CanonicalPath) -> Result<(),
     // 5.8
     bytes.make_ascii_lowercase();
     // 5.9
-    let kept = resolve_segments(&mut bytes)?;
+    let kept = resolve_segments(bytes)?;
     bytes.truncate(kept);
-    // Step 5.6 admitted only ASCII, so this cannot fail.
-    out.joined = String::from_utf8(bytes).map_err(|_| CanonError::NonAscii)?;
-    // 5.10
-    out.trailing_slash = trailing_slash && !out.joined.is_empty();
     Ok(())
 }
 
@@ -194,6 +209,23 @@ mod tests {
         assert_eq!(canon("/a/.../b"), Err(CanonError::AmbiguousSegment));
         assert_eq!(canon("/a%20b"), Err(CanonError::AmbiguousSegment));
         assert_eq!(canon("/a b"), Err(CanonError::AmbiguousSegment));
+    }
+
+    /// A reused path holds only the last one; an error leaves the root, without a trailing slash, and keeps
+    /// the buffer.
+    #[test]
+    fn a_reused_path_holds_only_the_last_one() {
+        let mut path = canonicalize_path(b"/Metadata/Identity/oauth2/token/").unwrap();
+        canonicalize_path_into(b"/a", &mut path).unwrap();
+        assert_eq!(path, canonicalize_path(b"/a").unwrap());
+        canonicalize_path_into(b"/metadata/instance/", &mut path).unwrap();
+        let capacity = path.capacity_bytes();
+        assert_eq!(
+            canonicalize_path_into(b"/a/../..", &mut path),
+            Err(CanonError::PathUnderflow)
+        );
+        assert!(path.is_root() && !path.trailing_slash());
+        assert_eq!(path.capacity_bytes(), capacity, "the buffer is kept");
     }
 
     #[test]

@@ -42,15 +42,19 @@ impl CanonicalQuery {
     }
 
     /// [`parse`](Self::parse) into `self`, reusing its buffers: a query costs no allocation once `self` has held
-    /// one as long. After an error `self` is empty.
+    /// one as long. After an error `self` is empty, and keeps its buffers.
     pub fn parse_into(&mut self, raw: &[u8]) -> Result<(), CanonError> {
         let mut text = std::mem::take(&mut self.text).into_bytes();
         text.clear();
+        text.reserve(raw.len());
         self.pairs.clear();
-        let parsed = decode_pairs(raw, &mut text, &mut self.pairs)
-            // Each component is valid UTF-8 on its own, so their concatenation is too.
-            .and_then(|()| String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8));
-        match parsed {
+        if let Err(e) = decode_pairs(raw, &mut text, &mut self.pairs) {
+            self.pairs.clear();
+            self.text = emptied(text);
+            return Err(e);
+        }
+        // Each component is valid UTF-8 on its own, so their concatenation is too.
+        match String::from_utf8(text) {
             Ok(text) => {
                 self.text = text;
                 let text = &self.text;
@@ -60,7 +64,8 @@ impl CanonicalQuery {
             }
             Err(e) => {
                 self.pairs.clear();
-                Err(e)
+                self.text = emptied(e.into_bytes());
+                Err(CanonError::InvalidUtf8)
             }
         }
     }
@@ -71,7 +76,8 @@ impl CanonicalQuery {
         self.pairs.clear();
     }
 
-    /// The text's buffer, and the pairs' when more than `INLINE_PAIRS` spilled to the heap.
+    /// The bytes of heap this query keeps: the text's buffer, and the pairs' when more than `INLINE_PAIRS`
+    /// spilled to the heap.
     pub(super) fn capacity_bytes(&self) -> usize {
         let pairs = if self.pairs.spilled() {
             self.pairs.capacity() * size_of::<Pair>()
@@ -193,6 +199,12 @@ pub fn decode_component(raw: &[u8]) -> Result<String, CanonError> {
     String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)
 }
 
+/// `buf` emptied, as a `String` that keeps its capacity.
+fn emptied(mut buf: Vec<u8>) -> String {
+    buf.clear();
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 /// Splits a raw query into pairs: their decoded, lowercased text back to back in `text`, their places in `pairs`
 /// in request order.
 fn decode_pairs(
@@ -238,6 +250,27 @@ mod tests {
 
     fn q(raw: &str) -> CanonicalQuery {
         CanonicalQuery::parse(raw.as_bytes()).unwrap()
+    }
+
+    /// A reused query holds exactly what a fresh parse holds, its text included, and an error empties it
+    /// without giving up its buffer.
+    #[test]
+    fn a_reused_query_holds_only_the_last_one() {
+        let mut query =
+            q("resource=https%3A%2F%2Fmanagement.azure.com%2F&api-version=2018-02-01&z=1");
+        query.parse_into(b"B=2&a=1").unwrap();
+        let fresh = q("B=2&a=1");
+        assert_eq!(query.text, fresh.text, "no bytes of the earlier query");
+        assert_eq!(query.render(), "?a=1&b=2");
+        let capacity = query.capacity_bytes();
+        assert_eq!(query.parse_into(b"a=1&b=%FF"), Err(CanonError::InvalidUtf8));
+        assert!(query.is_empty() && query.text.is_empty());
+        assert_eq!(query.capacity_bytes(), capacity, "the buffer is kept");
+        assert_eq!(
+            query.parse_into(b"a=%zz"),
+            Err(CanonError::MalformedPercent)
+        );
+        assert!(query.is_empty() && query.text.is_empty());
     }
 
     #[test]
