@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(()) => assert_eq!(Ok(&*slot), fresh.as_ref(), "a reused slot differs"),
             Err(e) => {
                 assert_eq!(Err(&e), fresh.as_ref(), "a reused slot fails differently");
-                assert_eq!(*slot, CanonicalRequest::default(), "an error left a request behind");
+                assert_eq!(
+                    *slot,
+                    CanonicalRequest::default(),
+                    "an error left a request behind"
+                );
             }
         }
     });
