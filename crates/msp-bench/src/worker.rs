@@ -131,10 +131,15 @@ fn pin(cpu: usize) -> Result<(), String> {
         .map_err(|e| format!("pin to cpu {cpu}: {e}"))
 }
 
+/// The calling thread's CPU set.
+fn own_cpus() -> Result<nix::sched::CpuSet, String> {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| format!("affinity of this thread: {e}"))
+}
+
 /// The CPUs the calling thread may run on.
 pub fn allowed_cpus() -> Result<Vec<usize>, String> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map_err(|e| format!("affinity of this thread: {e}"))?;
+    let set = own_cpus()?;
     Ok((0..nix::sched::CpuSet::count())
         .filter(|&c| set.is_set(c).unwrap_or(false))
         .collect())
@@ -143,12 +148,10 @@ pub fn allowed_cpus() -> Result<Vec<usize>, String> {
 /// Runs `f` with the calling thread pinned to `cpu`, then gives the thread back its own CPUs. A process that `f`
 /// spawns inherits the pinning at `fork` and keeps it across `exec`, so every thread it ever starts is pinned too.
 pub fn with_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> Result<T, String> {
-    let me = nix::unistd::Pid::from_raw(0);
-    let own =
-        nix::sched::sched_getaffinity(me).map_err(|e| format!("affinity of this thread: {e}"))?;
+    let own = own_cpus()?;
     pin(cpu)?;
     let out = f();
-    nix::sched::sched_setaffinity(me, &own)
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &own)
         .map_err(|e| format!("give this thread back its CPUs: {e}"))?;
     Ok(out)
 }
