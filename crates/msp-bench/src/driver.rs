@@ -3,7 +3,7 @@
 //! with a stored key and the stripped binary's size.
 //!
 //! Workers are child processes (`msp-bench worker`): through-the-agent ones are moved into the bench cgroup
-//! before they connect, direct ones stay outside and connect from [`DIRECT_SOURCE`]. Every request of every
+//! before they connect, direct ones stay outside and connect from [`DIRECT_SOURCES`]. Every request of every
 //! round must succeed; the first failure is reported with the run.
 
 use std::io::{BufRead, BufReader, Write};
@@ -19,7 +19,7 @@ use crate::procfs;
 use crate::progress::Progress;
 use crate::relay;
 use crate::report::{AgentFacts, Report, Scale, WorkloadResult};
-use crate::stack::{Binaries, DIRECT_SOURCE, Proc, Stack, StackError};
+use crate::stack::{Binaries, DIRECT_SOURCES, Proc, Stack, StackError};
 use crate::stats::SideAcc;
 use crate::worker::{Expect, Outcome, Pattern, Spec, THREAD_LIMIT};
 use crate::workload::{self, ALL, Resource, Workload};
@@ -343,7 +343,7 @@ fn run_round(
     let agent = stack.agent_pid().unwrap_or(0);
     let (target, bind, watched) = match route {
         Route::Agent => (stack.addrs.imds, None, agent),
-        Route::Direct => (stack.addrs.imds, Some(DIRECT_SOURCE), agent),
+        Route::Direct => (stack.addrs.imds, Some(DIRECT_SOURCES), agent),
         Route::Relay { addr, pid } => (addr, None, pid),
     };
     let through_agent = matches!(route, Route::Agent);
@@ -398,7 +398,12 @@ impl Relay {
         let mut proc = Proc::spawn(
             Command::new(exe)
                 .args(["relay", "--to", &host.to_string()])
-                .args(["--from", &DIRECT_SOURCE.to_string(), "--mode", mode_arg])
+                .args([
+                    "--from",
+                    &DIRECT_SOURCES.first.to_string(),
+                    "--mode",
+                    mode_arg,
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(log),

@@ -4,8 +4,8 @@
 //! response).
 //!
 //! The host serves two VMs: `dev` (`127.0.0.0/8`, IMDS in enforce) sees the agent's signed requests, `direct`
-//! (`127.0.0.2/32`, IMDS disabled) sees the direct workers, which connect from `127.0.0.2`. Every address is
-//! loopback. This module must never leave a process or the cgroup behind: both are registered with
+//! (`127.0.2.0/28`, IMDS disabled) sees the direct workers, which connect from [`DIRECT_SOURCES`] in turn, and the
+//! bare relay, which connects from the first of them. Every address is loopback. This module must never leave a process or the cgroup behind: both are registered with
 //! [`Cleanup`] and stopped by drop guards.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -19,9 +19,18 @@ use serde_json::json;
 use crate::cgroup::BenchCgroup;
 use crate::cleanup::{Cleanup, stop_pid};
 use crate::upstream::Upstream;
+use crate::worker::Sources;
 
-/// The source address of the direct workers, the `direct` VM.
-pub const DIRECT_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// The `direct` VM's block, as the host's config names it.
+pub const DIRECT_NET: &str = "127.0.2.0/28";
+/// The direct workers' source addresses, all in [`DIRECT_NET`]: each new connection takes the next. One source
+/// address would cap the new-connection workloads' direct path: with every closed connection's port in
+/// `TIME_WAIT`, `connect` searches longer and longer for a free port to one destination (at ~13,000 connections
+/// per second on the default port range, it took up to 57 ms), and the agent would be measured against that.
+pub const DIRECT_SOURCES: Sources = Sources {
+    first: Ipv4Addr::new(127, 0, 2, 1),
+    count: 8,
+};
 /// The path prefix the host forwards to the bench's upstream.
 pub const UPSTREAM_PREFIX: &str = "/metadata/bench/";
 /// The agent's key poll interval for the bench, seconds: short, so a profile change reaches it quickly.
@@ -166,7 +175,7 @@ impl Stack {
             "imdsUpstream": {"address": upstream.addr(), "pathPrefix": UPSTREAM_PREFIX},
             "vms": [
                 {"name": "dev", "addresses": ["127.0.0.0/8"]},
-                {"name": "direct", "addresses": [format!("{DIRECT_SOURCE}/32")],
+                {"name": "direct", "addresses": [DIRECT_NET],
                  "settings": {"imds": {"mode": "disabled"}, "wireServer": {"mode": "disabled"}}},
             ],
         });
@@ -288,5 +297,38 @@ impl Stack {
             self.admin.put_settings("dev", &settings).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::IpAddr;
+
+    use msp_host::cidr::Cidr;
+
+    use super::*;
+
+    #[test]
+    fn every_direct_source_is_its_own_address_inside_the_direct_vm() {
+        let net: Cidr = DIRECT_NET.parse().unwrap();
+        let dev: Cidr = "127.0.0.0/8".parse().unwrap();
+        assert!(
+            net.prefix() > dev.prefix(),
+            "the host must pick `direct` over `dev`"
+        );
+        let count = u64::from(DIRECT_SOURCES.count);
+        let firsts: Vec<Ipv4Addr> = (0..count).map(|n| DIRECT_SOURCES.nth(n)).collect();
+        assert_eq!(firsts.iter().collect::<HashSet<_>>().len(), firsts.len());
+        for ip in &firsts {
+            assert!(
+                net.contains(IpAddr::V4(*ip)),
+                "{ip} is outside {DIRECT_NET}"
+            );
+        }
+        // Then they repeat, in the same order.
+        let seconds: Vec<Ipv4Addr> = (count..2 * count).map(|n| DIRECT_SOURCES.nth(n)).collect();
+        assert_eq!(firsts, seconds);
+        assert_eq!(DIRECT_SOURCES.nth(0), DIRECT_SOURCES.first);
     }
 }

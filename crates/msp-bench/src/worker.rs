@@ -57,8 +57,8 @@ pub struct Expect {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spec {
     pub target: SocketAddr,
-    /// Source address to connect from (the direct path uses its own, so the host sees another VM).
-    pub bind: Option<Ipv4Addr>,
+    /// Source addresses to connect from (the direct path uses its own, so the host sees another VM).
+    pub bind: Option<Sources>,
     pub connections: usize,
     pub pattern: Pattern,
     /// The request bytes (ASCII).
@@ -74,6 +74,32 @@ pub struct Spec {
     pub cpu: Option<usize>,
     /// Processes whose CPU time is sampled at the window's start and end.
     pub watch: Vec<u32>,
+}
+
+/// `count` consecutive source addresses from `first`, taken in turn by each new connection of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sources {
+    pub first: Ipv4Addr,
+    pub count: u8,
+}
+
+impl Sources {
+    /// The address of the `n`th connection.
+    pub fn nth(self, n: u64) -> Ipv4Addr {
+        let step = n % u64::from(self.count.max(1));
+        Ipv4Addr::from(u32::from(self.first).wrapping_add(step as u32))
+    }
+}
+
+/// Connections this worker has opened from its [`Sources`], across its threads.
+static OPENED: AtomicU64 = AtomicU64::new(0);
+
+impl Spec {
+    /// The source address for this worker's next connection, if it binds one.
+    fn next_source(&self) -> Option<Ipv4Addr> {
+        self.bind
+            .map(|s| s.nth(OPENED.fetch_add(1, Ordering::Relaxed)))
+    }
 }
 
 /// What a worker reports.
@@ -233,7 +259,8 @@ fn exchange(
     buf: &mut Vec<u8>,
 ) -> Result<ResponseHead, String> {
     if conn.is_none() {
-        *conn = Some(connect(spec.target, spec.bind).map_err(|e| format!("connect: {e}"))?);
+        *conn =
+            Some(connect(spec.target, spec.next_source()).map_err(|e| format!("connect: {e}"))?);
     }
     let Some(stream) = conn.as_mut() else {
         return Err("no connection".into());
@@ -482,9 +509,9 @@ async fn evented_conn(spec: Spec, window: Arc<Window>) -> Tally {
 }
 
 async fn async_connect(spec: &Spec) -> Result<tokio::net::TcpStream, String> {
-    let std = match spec.bind {
+    let std = match spec.next_source() {
         // A bound connect blocks only for the loopback handshake.
-        Some(_) => connect(spec.target, spec.bind).map_err(|e| format!("connect: {e}"))?,
+        Some(ip) => connect(spec.target, Some(ip)).map_err(|e| format!("connect: {e}"))?,
         None => {
             let s = tokio::net::TcpStream::connect(spec.target)
                 .await
