@@ -438,7 +438,7 @@ impl Report {
             row(
                 &format!("agent RSS at {} held connections ≤ 32 MiB", s.connections),
                 format!(
-                    "{} ({} held; {:.2} KiB per connection over idle{capped})",
+                    "{} ({} held; {:.2} KiB per connection over the RSS before the hold{capped})",
                     mib(s.agent_rss_bytes),
                     s.held,
                     s.per_connection_bytes / 1024.0,

@@ -21,6 +21,8 @@ use crate::cleanup::{Cleanup, stop_pid};
 use crate::upstream::Upstream;
 use crate::worker::Sources;
 
+/// The `dev` VM's block, as the host's config names it: every loopback address not in [`DIRECT_NET`].
+pub const DEV_NET: &str = "127.0.0.0/8";
 /// The `direct` VM's block, as the host's config names it.
 pub const DIRECT_NET: &str = "127.0.2.0/28";
 /// The direct workers' source addresses, all in [`DIRECT_NET`]: each new connection takes the next. One source
@@ -174,7 +176,7 @@ impl Stack {
             "adminToken": token,
             "imdsUpstream": {"address": upstream.addr(), "pathPrefix": UPSTREAM_PREFIX},
             "vms": [
-                {"name": "dev", "addresses": ["127.0.0.0/8"]},
+                {"name": "dev", "addresses": [DEV_NET]},
                 {"name": "direct", "addresses": [DIRECT_NET],
                  "settings": {"imds": {"mode": "disabled"}, "wireServer": {"mode": "disabled"}}},
             ],
@@ -312,7 +314,7 @@ mod tests {
     #[test]
     fn every_direct_source_is_its_own_address_inside_the_direct_vm() {
         let net: Cidr = DIRECT_NET.parse().unwrap();
-        let dev: Cidr = "127.0.0.0/8".parse().unwrap();
+        let dev: Cidr = DEV_NET.parse().unwrap();
         assert!(
             net.prefix() > dev.prefix(),
             "the host must pick `direct` over `dev`"
