@@ -52,7 +52,9 @@ impl Cleanup {
     }
 
     /// Blocks SIGINT and SIGTERM in this thread (call first in `main`, so every later thread inherits it) and
-    /// starts the thread that undoes everything and exits when one arrives.
+    /// starts the thread that undoes everything and exits when one arrives. The processes the bench starts inherit
+    /// the mask through `exec`: its own children unblock them with [`unblock_stop_signals`], and `gpa` and
+    /// `msp-host` unblock them themselves, so that [`stop_pid`]'s SIGTERM stops each one gracefully.
     pub fn install_signal_thread(&self) -> Result<(), nix::Error> {
         let mut set = SigSet::empty();
         set.add(Signal::SIGINT);
@@ -84,6 +86,14 @@ impl Cleanup {
             remove_cgroup(cgroup);
         }
     }
+}
+
+/// Unblocks SIGINT and SIGTERM in the calling thread: first thing in the bench's own child processes (`worker`,
+/// `relay`), which inherit the blocked mask of [`Cleanup::install_signal_thread`]. Without it each of them ignored
+/// [`stop_pid`]'s SIGTERM and was killed only after [`TERM_GRACE`].
+pub fn unblock_stop_signals() -> Result<(), nix::Error> {
+    let stop: SigSet = [Signal::SIGINT, Signal::SIGTERM].into_iter().collect();
+    stop.thread_unblock()
 }
 
 /// SIGTERM, then SIGKILL after [`TERM_GRACE`] if the process is still there (it may be a zombie of ours that

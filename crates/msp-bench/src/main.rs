@@ -84,6 +84,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Worker | Command::Relay { .. }))
+        && let Err(e) = msp_bench::cleanup::unblock_stop_signals()
+    {
+        eprintln!("msp-bench: cannot unblock SIGTERM and SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Some(Command::Worker) => {
             return match msp_bench::worker::main() {

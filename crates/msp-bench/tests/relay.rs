@@ -5,8 +5,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::Pid;
 
 /// A response larger than the relay's buffer, so it takes several reads and writes.
 const RESPONSE: usize = 200 * 1024;
@@ -100,6 +104,32 @@ fn the_threaded_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
 #[test]
 fn the_tokio_relay_copies_every_byte_both_ways_and_passes_on_the_ends() {
     relays_both_ways("tokio");
+}
+
+/// The bench starts its relay with SIGTERM blocked (its signal thread's mask survives `exec`): the relay must still
+/// stop on the bench's SIGTERM, not only on the SIGKILL after the grace period.
+#[test]
+fn the_relay_stops_on_sigterm_even_when_started_with_it_blocked() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = upstream.local_addr().unwrap();
+    let mut relay = std::thread::spawn(move || {
+        let stop: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
+        stop.thread_block().unwrap();
+        Relay::start(to, "threads")
+    })
+    .join()
+    .unwrap();
+    let pid = Pid::from_raw(i32::try_from(relay.child.id()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = relay.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the relay ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status}");
 }
 
 #[test]

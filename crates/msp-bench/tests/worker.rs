@@ -128,3 +128,44 @@ fn a_thread_per_connection_takes_every_source_in_turn() {
 fn the_event_loop_takes_every_source_in_turn() {
     takes_every_source_in_turn(THREAD_LIMIT + 1);
 }
+
+/// The bench starts its workers with SIGTERM blocked (its signal thread's mask survives `exec`): a worker must
+/// still stop on the bench's SIGTERM, here while it waits for its spec.
+#[test]
+fn a_worker_stops_on_sigterm_even_when_started_with_it_blocked() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::Instant;
+
+    use nix::sys::signal::{SigSet, Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut worker = std::thread::spawn(|| {
+        let stop: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
+        stop.thread_block().unwrap();
+        Worker(
+            Command::new(env!("CARGO_BIN_EXE_msp-bench"))
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn msp-bench worker"),
+        )
+    })
+    .join()
+    .unwrap();
+    // Sent at once: a SIGTERM that arrives before the worker unblocks it waits, pending, until it does.
+    kill(
+        Pid::from_raw(i32::try_from(worker.0.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = worker.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status}");
+}

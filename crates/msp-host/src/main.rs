@@ -460,8 +460,21 @@ async fn received(signal: Option<&mut Signal>) {
     }
 }
 
+/// Unblocks SIGTERM and SIGINT before any thread starts, so every thread inherits the unblocked mask. A parent may
+/// start the host with them blocked (the mask survives `exec`); the host would then never see the stop it is sent,
+/// and a supervisor's kill after its grace period would lose the audit records still waiting for their flush.
+fn unblock_stop_signals() -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let stop: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&stop), None)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = unblock_stop_signals() {
+        eprintln!("msp-host: cannot unblock SIGTERM and SIGINT: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
