@@ -186,9 +186,9 @@ fn a_process_started_pinned_runs_every_thread_on_that_cpu_and_the_starter_gets_i
     })
     .expect("start the relay pinned");
     let pid = relay.child.id();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     // One runtime thread besides the main one: a pinned relay sees one CPU and starts one worker.
-    while cpu_lists(pid).len() < 2 && std::time::Instant::now() < deadline {
+    while cpu_lists(pid).len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let lists = cpu_lists(pid);

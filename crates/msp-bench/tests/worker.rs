@@ -21,6 +21,19 @@ const SOURCES: Sources = Sources {
 /// The worker process, killed by pid on drop (also when an assertion fails).
 struct Worker(Child);
 
+impl Worker {
+    fn start() -> Worker {
+        Worker(
+            Command::new(env!("CARGO_BIN_EXE_msp-bench"))
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn msp-bench worker"),
+        )
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -76,14 +89,7 @@ fn run(connections: usize) -> (Outcome, BTreeMap<IpAddr, u64>) {
         cpu: None,
         watch: vec![],
     };
-    let mut worker = Worker(
-        Command::new(env!("CARGO_BIN_EXE_msp-bench"))
-            .arg("worker")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn msp-bench worker"),
-    );
+    let mut worker = Worker::start();
     let mut stdin = worker.0.stdin.take().expect("piped stdin");
     writeln!(stdin, "{}", serde_json::to_string(&spec).unwrap()).unwrap();
     writeln!(stdin, "go").unwrap();
@@ -142,14 +148,7 @@ fn a_worker_stops_on_sigterm_even_when_started_with_it_blocked() {
     let mut worker = std::thread::spawn(|| {
         let stop: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
         stop.thread_block().unwrap();
-        Worker(
-            Command::new(env!("CARGO_BIN_EXE_msp-bench"))
-                .arg("worker")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn msp-bench worker"),
-        )
+        Worker::start()
     })
     .join()
     .unwrap();
