@@ -5,8 +5,8 @@
 //!
 //! The host serves two VMs: `dev` (`127.0.0.0/8`, IMDS in enforce) sees the agent's signed requests, `direct`
 //! (`127.0.2.0/28`, IMDS disabled) sees the direct workers, which connect from [`DIRECT_SOURCES`] in turn, and the
-//! bare relay, which connects from the first of them. Every address is loopback. This module must never leave a process or the cgroup behind: both are registered with
-//! [`Cleanup`] and stopped by drop guards.
+//! bare relay, which connects from the first of them. Every address is loopback. This module must never leave a
+//! process or the cgroup behind: both are registered with [`Cleanup`] and stopped by drop guards.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,14 @@
-//! Percent-decoding and the byte checks shared by path and query (spec §5.2 steps 5.2–5.5, §5.3), and the
-//! traversal guard of step 0. Decoding happens exactly once: a decoded `%` never starts another escape.
+//! Percent-decoding, the byte checks and the buffer helper shared by path and query (spec §5.2 steps 5.2–5.5,
+//! §5.3), and the traversal guard of step 0. Decoding happens exactly once: a decoded `%` never starts another
+//! escape.
 
 use super::CanonError;
+
+/// `buf` emptied, as a `String` that keeps its capacity: what a reused slot keeps after an error.
+pub(super) fn emptied(mut buf: Vec<u8>) -> String {
+    buf.clear();
+    String::from_utf8(buf).unwrap_or_default()
+}
 
 /// The value of one ASCII hex digit.
 pub(super) fn hex_value(b: u8) -> Option<u8> {

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::CanonError;
-use super::decode::{check_text, percent_decode_into};
+use super::decode::{check_text, emptied, percent_decode_into};
 
 /// The canonical form of a path: what the matcher compares (spec §4.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -111,8 +111,7 @@ pub fn canonicalize_path_into(raw: &[u8], out: &mut CanonicalPath) -> Result<(),
             Ok(())
         }
         Err(e) => {
-            bytes.clear();
-            out.joined = String::from_utf8(bytes).unwrap_or_default();
+            out.joined = emptied(bytes);
             Err(e)
         }
     }

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use smallvec::SmallVec;
 
 use super::CanonError;
-use super::decode::{check_text, percent_decode_into};
+use super::decode::{check_text, emptied, percent_decode_into};
 
 /// Pairs a query keeps inline; more spill to the heap.
 const INLINE_PAIRS: usize = 4;
@@ -197,12 +197,6 @@ pub fn decode_component(raw: &[u8]) -> Result<String, CanonError> {
     let mut text = Vec::with_capacity(raw.len());
     decode_component_into(raw, &mut text)?;
     String::from_utf8(text).map_err(|_| CanonError::InvalidUtf8)
-}
-
-/// `buf` emptied, as a `String` that keeps its capacity.
-fn emptied(mut buf: Vec<u8>) -> String {
-    buf.clear();
-    String::from_utf8(buf).unwrap_or_default()
 }
 
 /// Splits a raw query into pairs: their decoded, lowercased text back to back in `text`, their places in `pairs`
