@@ -154,9 +154,9 @@ const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Multi-thread, though one thread proxies as fast on 2 cores (BENCHMARKS.md, history): the key keeper and the
-    // status writer write files with fsync on runtime threads, and on a single thread every such write would
-    // stall every connection.
+    // The proxy's connections run on lanes of their own (`proxy::lanes`); this runtime runs the rest. Multi-thread:
+    // the key keeper and the status writer write files with fsync on its threads, and its blocking pool runs the
+    // identity lookups of every lane.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.min(gpa::MAX_WORKER_THREADS))

@@ -514,3 +514,30 @@ async fn latency_sanity_proxy_vs_direct() {
     );
     t.stop().await;
 }
+
+/// Connections open side by side are each served to their end, whichever of the proxy's lanes (one per core)
+/// each lands on, and each has its own upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_side_by_side_are_all_served() {
+    const CONNECTIONS: usize = 6;
+    let t = TestAgent::start(Options::default()).await;
+    t.ready().await;
+    let h = t.imds();
+    let mut streams = Vec::new();
+    for _ in 0..CONNECTIONS {
+        streams.push(t.connect(h, Who::Root).await);
+    }
+    for round in 0..3 {
+        for (i, s) in streams.iter_mut().enumerate() {
+            s.write_all(&get(&format!("/metadata/{round}/{i}"), h))
+                .await
+                .unwrap();
+        }
+        for s in &mut streams {
+            assert_eq!(read_response(s).await.status, 200, "round {round}");
+        }
+    }
+    assert_eq!(t.recorder.requests.lock().unwrap().len(), 3 * CONNECTIONS);
+    assert_eq!(t.recorder.connection_count(), CONNECTIONS);
+    t.stop().await;
+}

@@ -123,7 +123,10 @@ impl Conn {
         // What may block (/proc, NSS) runs off the reactor.
         let attribution = match self.shared.attributor.clone().lookup(peer) {
             Lookup::Done(attribution) => attribution,
-            Lookup::Blocking(work) => tokio::task::spawn_blocking(work)
+            Lookup::Blocking(work) => self
+                .shared
+                .blocking
+                .spawn_blocking(work)
                 .await
                 .unwrap_or(Attribution::Direct),
         };

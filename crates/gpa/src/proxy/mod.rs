@@ -5,7 +5,8 @@
 //! Layout: [`head`] (the pure request-head parser) and [`chunked`] (the pure chunked decoder) frame requests;
 //! [`decide`] runs steps 2–10 of §8.2 without I/O; `conn` owns one connection and its buffers, `forward` reads
 //! bodies, rewrites, signs and sends, `relay` owns the upstream connection and relays responses, `local`
-//! serves `/provision` and `/gpa-aggregated-status`, [`response`] writes the proxy's own answers.
+//! serves `/provision` and `/gpa-aggregated-status`, [`response`] writes the proxy's own answers. `lanes` runs
+//! the accept loop and the connections on single-threaded runtimes, one per core.
 //!
 //! The HTTP codec is our own, not hyper's: spec §3.2 step 6 requires that exactly the signed header set
 //! reaches the host (hyper's client adds and rewrites `Host`, `Content-Length`, `Transfer-Encoding`), and §8
@@ -28,6 +29,7 @@ mod conn;
 pub mod decide;
 mod forward;
 pub mod head;
+mod lanes;
 pub mod limits;
 mod local;
 mod relay;
@@ -46,10 +48,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use msp_core::Claims;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
+use self::lanes::Lanes;
 use crate::config::EndpointAddrs;
 use crate::identity::IdentityError;
 use crate::keykeeper::KeeperHandle;
@@ -118,6 +122,9 @@ pub(crate) struct Shared {
     pub(crate) provisioning: Arc<Provisioning>,
     pub(crate) keeper: KeeperHandle,
     pub(crate) attributor: Arc<dyn Attributor>,
+    /// The runtime the proxy was started on, whose blocking pool runs every lane's identity lookups: one cap
+    /// for all of them.
+    pub(crate) blocking: tokio::runtime::Handle,
     /// Set when the proxy stops accepting; read by every request (graceful stop).
     stop: Arc<stop::Stop>,
     next_id: AtomicU64,
@@ -141,6 +148,7 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         provisioning: ctx.provisioning,
         keeper: ctx.keeper,
         attributor,
+        blocking: tokio::runtime::Handle::current(),
         stop: Arc::default(),
         next_id: AtomicU64::new(0),
     });
@@ -151,67 +159,139 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     ));
     let overload = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
     let tracker = TaskTracker::new();
-    let cancel = ctx.cancel;
-    let mut backoff = limits::ACCEPT_BACKOFF_MIN;
-    let v4 = Listening::new(&ctx.listener, shared.listen);
-    let v6 = ctx.listener_v6.as_ref().map(|l| {
-        Listening::new(
-            l,
-            (std::net::Ipv6Addr::LOCALHOST, shared.listen.port()).into(),
-        )
-    });
-    tracing::info!(listener = %shared.listen, max_connections = cap, "proxy serving");
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => break,
-            r = v4.accept() => r,
-            r = accept_opt(v6.as_ref()) => r,
-        };
-        let (stream, peer, local) = match accepted {
-            Ok(pair) => {
-                backoff = limits::ACCEPT_BACKOFF_MIN;
-                pair
-            }
-            Err(e) => {
-                // Out of descriptors or memory: wait a little instead of spinning (catalog G1).
-                tracing::warn!(error = %e, "accept failed");
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(limits::ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
-        let accepted_at = Instant::now();
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let at = conn::Accepted {
-                    peer,
-                    local,
-                    at: accepted_at,
-                };
-                let conn = conn::Conn::accepted(shared.clone(), stream, at, permit);
-                tracker.spawn(conn::serve(conn));
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "connection cap reached; answering 503 OVERLOADED");
-                if let Ok(answering) = overload.clone().try_acquire_owned() {
-                    tracker.spawn(async move {
-                        overloaded(stream).await;
-                        drop(answering);
-                    });
-                }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let lanes = Arc::new(Lanes::start(cores.min(crate::MAX_WORKER_THREADS)));
+    tracing::info!(listener = %shared.listen, max_connections = cap, lanes = lanes.count(), "proxy serving");
+    let accepting = Accepting {
+        shared: shared.clone(),
+        permits,
+        overload,
+        tracker: tracker.clone(),
+        cancel: ctx.cancel,
+        lanes: lanes.clone(),
+    };
+    // The listeners move to the accepting lane's reactor. Should this future be dropped, the accept loop ends
+    // with it, and the lanes once their connections have.
+    let v6 = ctx.listener_v6.map(|l| l.into_std()).transpose();
+    match (ctx.listener.into_std(), v6) {
+        (Ok(v4), Ok(v6)) => {
+            let accept_loop = lanes.accepting().spawn(accepting.run(v4, v6));
+            if let Err(e) = AbortOnDropHandle::new(accept_loop).await {
+                tracing::error!(error = %e, "the proxy's accept loop failed");
             }
         }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot move the listener to the proxy's lanes");
+        }
     }
-    drop(ctx.listener);
-    drop(ctx.listener_v6);
     // Connections between requests close now; the others after the request they are serving.
     shared.stop.stop();
     tracker.close();
     tracker.wait().await;
+    drop(lanes);
     tracing::info!("proxy stopped");
+}
+
+/// What the accept loop needs, on the accepting lane.
+struct Accepting {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    overload: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    lanes: Arc<Lanes>,
+}
+
+impl Accepting {
+    /// Accepts until cancelled, then drops the listeners: new connections are refused from then on.
+    async fn run(self, v4: std::net::TcpListener, v6: Option<std::net::TcpListener>) {
+        let listeners = TcpListener::from_std(v4).and_then(|v4| {
+            let v6 = v6.map(TcpListener::from_std).transpose()?;
+            Ok((v4, v6))
+        });
+        let (v4, v6) = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen on the proxy's accepting lane");
+                return;
+            }
+        };
+        let shared = &self.shared;
+        let mut backoff = limits::ACCEPT_BACKOFF_MIN;
+        let v4 = Listening::new(&v4, shared.listen);
+        let v6 = v6.as_ref().map(|l| {
+            Listening::new(
+                l,
+                (std::net::Ipv6Addr::LOCALHOST, shared.listen.port()).into(),
+            )
+        });
+        loop {
+            let accepted = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                r = v4.accept() => r,
+                r = accept_opt(v6.as_ref()) => r,
+            };
+            let (stream, peer, local) = match accepted {
+                Ok(pair) => {
+                    backoff = limits::ACCEPT_BACKOFF_MIN;
+                    pair
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: wait a little instead of spinning (catalog G1).
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(limits::ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let at = conn::Accepted {
+                peer,
+                local,
+                at: Instant::now(),
+            };
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => self.place(stream, at, permit),
+                Err(_) => {
+                    tracing::warn!(%peer, "connection cap reached; answering 503 OVERLOADED");
+                    if let Ok(answering) = self.overload.clone().try_acquire_owned() {
+                        self.tracker.spawn(async move {
+                            overloaded(stream).await;
+                            drop(answering);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts serving an accepted connection on its lane; a connection for another lane moves to its reactor.
+    fn place(&self, stream: TcpStream, at: conn::Accepted, permit: OwnedSemaphorePermit) {
+        let shared = self.shared.clone();
+        let placed = self.lanes.pick();
+        if placed.index == 0 {
+            let conn = conn::Conn::accepted(shared, stream, at, permit);
+            placed.spawn(self.tracker.track_future(conn::serve(conn)));
+            return;
+        }
+        let moved = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %at.peer, error = %e, "cannot move a connection to its lane; closing it");
+                return;
+            }
+        };
+        placed.spawn(self.tracker.track_future(async move {
+            match TcpStream::from_std(moved) {
+                Ok(stream) => conn::serve(conn::Conn::accepted(shared, stream, at, permit)).await,
+                Err(e) => {
+                    tracing::warn!(peer = %at.peer, error = %e, "cannot serve a connection on its lane; closing it");
+                }
+            }
+        }));
+    }
 }
 
 /// A listener and what every connection accepted on it shares, found once instead of per connection.

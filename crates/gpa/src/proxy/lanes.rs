@@ -1,0 +1,228 @@
+//! The proxy's lanes: a single-threaded runtime on a thread of its own per worker, each serving whole
+//! connections. Lane 0 also accepts; every accepted connection goes to the lane with the fewest open
+//! connections, the accepting one on a tie, and stays there to its end.
+//!
+//! Why not the agent's multi-thread runtime: a connection is one task that never yields to another between its
+//! request and its response, so that runtime's work stealing buys nothing per request and costs its bookkeeping
+//! on every park and wake-up. Measured on 2 vCPUs (BENCHMARKS.md, history item 42): ~10 µs less agent CPU per
+//! keep-alive request with 1 connection, and a higher rate. The runtime the agent starts with keeps the rest:
+//! the key keeper, the status writer, and the blocking pool for identity lookups (one cap for all lanes).
+//!
+//! If a lane cannot start (no thread, no epoll), the proxy runs on the runtime it was started from, as before.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The lanes of one proxy. Dropping it ends their threads once their tasks are done or dropped.
+pub(super) struct Lanes {
+    /// Lane 0, which accepts.
+    accepting: Lane,
+    others: Vec<Lane>,
+}
+
+struct Lane {
+    handle: Handle,
+    /// Connections placed on this lane and not yet ended.
+    open: Arc<AtomicUsize>,
+    /// Dropped to end the lane's thread (`None` for the fallback lane, the caller's runtime).
+    _end: Option<oneshot::Sender<()>>,
+}
+
+impl Lanes {
+    /// Starts `count` lanes (at least one). Lanes that cannot start are left out and logged; with none, the
+    /// caller's runtime serves as the only lane.
+    pub(super) fn start(count: usize) -> Lanes {
+        let mut lanes = (0..count.max(1)).filter_map(|index| {
+            Lane::start(index)
+                .inspect_err(
+                    |e| tracing::warn!(lane = index, error = %e, "cannot start a proxy lane"),
+                )
+                .ok()
+        });
+        let accepting = lanes.next().unwrap_or_else(|| {
+            tracing::warn!("no proxy lane started; the proxy runs on the agent's runtime");
+            Lane {
+                handle: Handle::current(),
+                open: Arc::default(),
+                _end: None,
+            }
+        });
+        Lanes {
+            accepting,
+            others: lanes.collect(),
+        }
+    }
+
+    /// How many lanes serve connections.
+    pub(super) fn count(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// The accepting lane's runtime.
+    pub(super) fn accepting(&self) -> &Handle {
+        &self.accepting.handle
+    }
+
+    /// The lane a new connection goes to: the fewest open connections, the accepting lane on a tie.
+    pub(super) fn pick(&self) -> Placed<'_> {
+        let mut placed = Placed {
+            index: 0,
+            lane: &self.accepting,
+        };
+        let mut fewest = self.accepting.open.load(Ordering::Relaxed);
+        for (i, lane) in self.others.iter().enumerate() {
+            let open = lane.open.load(Ordering::Relaxed);
+            if open < fewest {
+                fewest = open;
+                placed = Placed { index: i + 1, lane };
+            }
+        }
+        placed
+    }
+}
+
+/// A lane chosen for one connection.
+pub(super) struct Placed<'a> {
+    /// 0 is the accepting lane: a connection placed there needs no move to another reactor.
+    pub(super) index: usize,
+    lane: &'a Lane,
+}
+
+impl Placed<'_> {
+    /// Runs `connection` on the lane, counted as open there until it ends.
+    pub(super) fn spawn<F>(self, connection: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let open = self.lane.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(open);
+        self.lane.handle.spawn(async move {
+            let _counted = counted;
+            connection.await;
+        });
+    }
+}
+
+/// Gives a lane's place back when its connection ends, however it ends.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Lane {
+    fn start(index: usize) -> std::io::Result<Lane> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (end, ended) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("gpa-lane-{index}"))
+            .spawn(move || {
+                // Serves until the proxy drops its lanes; dropping the runtime then ends what is left.
+                runtime.block_on(async move {
+                    let _ = ended.await;
+                });
+            })?;
+        Ok(Lane {
+            handle,
+            open: Arc::default(),
+            _end: Some(end),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// Places one connection that reports the thread it runs on and then waits for `end`.
+    async fn place(lanes: &Lanes) -> (usize, Option<String>, oneshot::Sender<()>) {
+        let placed = lanes.pick();
+        let index = placed.index;
+        let (report, reported) = oneshot::channel();
+        let (end, ended) = oneshot::channel::<()>();
+        placed.spawn(async move {
+            let _ = report.send(std::thread::current().name().map(str::to_owned));
+            let _ = ended.await;
+        });
+        let thread = timeout(STEP, reported)
+            .await
+            .expect("the lane runs its connection")
+            .unwrap();
+        (index, thread, end)
+    }
+
+    #[tokio::test]
+    async fn connections_go_to_the_least_busy_lane_and_an_ended_one_gives_its_place_back() {
+        let lanes = Lanes::start(2);
+        assert_eq!(lanes.count(), 2);
+        let mut open = Vec::new();
+        // On a tie the accepting lane takes the connection.
+        for expected in [0, 1, 0, 1] {
+            let (index, thread, end) = place(&lanes).await;
+            assert_eq!(index, expected);
+            assert_eq!(
+                thread,
+                Some(format!("gpa-lane-{expected}")),
+                "its own thread"
+            );
+            open.push(end);
+        }
+        // Lane 1 ends a connection: it has the fewest again once its task is done.
+        drop(open.swap_remove(1));
+        let deadline = tokio::time::Instant::now() + STEP;
+        while lanes.pick().index != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place is given back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (index, thread, _end) = place(&lanes).await;
+        assert_eq!((index, thread.as_deref()), (1, Some("gpa-lane-1")));
+    }
+
+    /// What the proxy relies on when it ends: dropping the lanes ends their threads, and with them whatever
+    /// still runs there.
+    #[tokio::test]
+    async fn dropping_the_lanes_ends_what_still_runs_on_them() {
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let lanes = Lanes::start(2);
+        let (dropped, gone) = std::sync::mpsc::channel();
+        let mut ends = Vec::new();
+        for _ in 0..2 {
+            let (_, _, end) = place(&lanes).await;
+            ends.push(end);
+            let guard = Dropped(dropped.clone());
+            lanes.pick().spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(lanes);
+        for _ in 0..2 {
+            gone.recv_timeout(STEP)
+                .expect("a lane's task is dropped with the lane");
+        }
+    }
+}
