@@ -28,6 +28,7 @@ use super::buffers::OnDemand;
 use super::decide::{Caller, Verdict, decide};
 use super::forward::Outcome;
 use super::head::{self, HeadError, Version};
+use super::lanes::Seat;
 use super::limits::{INITIAL_BUFFER, LINGER_BYTES, LINGER_TIMEOUT};
 use super::relay::Upstream;
 use super::response;
@@ -62,8 +63,8 @@ pub(super) struct Conn {
     /// The one timer of every wait of this connection.
     pub(super) timer: Timer,
     stop: Watch,
-    /// The connection's place under the cap (spec §8.4): given back when the connection ends.
-    _permit: OwnedSemaphorePermit,
+    /// The connection's place under the cap (spec §8.4) and on its lane: given back when the connection ends.
+    _places: (OwnedSemaphorePermit, Seat),
 }
 
 /// What the accept loop knows about a connection it hands over.
@@ -94,7 +95,7 @@ impl Conn {
         shared: Arc<Shared>,
         client: TcpStream,
         accepted: Accepted,
-        permit: OwnedSemaphorePermit,
+        places: (OwnedSemaphorePermit, Seat),
     ) -> Box<Conn> {
         let Accepted { peer, local, at } = accepted;
         let caller = caller(Attribution::Direct, peer, local, &shared);
@@ -113,7 +114,7 @@ impl Conn {
             client_gone: false,
             timer,
             stop,
-            _permit: permit,
+            _places: places,
         })
     }
 

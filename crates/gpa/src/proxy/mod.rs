@@ -272,8 +272,10 @@ impl Accepting {
         let shared = self.shared.clone();
         let placed = self.lanes.pick();
         if placed.index == 0 {
-            let conn = conn::Conn::accepted(shared, stream, at, permit);
-            placed.spawn(self.tracker.track_future(conn::serve(conn)));
+            placed.spawn(|seat| {
+                let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
+                self.tracker.track_future(conn::serve(conn))
+            });
             return;
         }
         let moved = match stream.into_std() {
@@ -283,14 +285,19 @@ impl Accepting {
                 return;
             }
         };
-        placed.spawn(self.tracker.track_future(async move {
-            match TcpStream::from_std(moved) {
-                Ok(stream) => conn::serve(conn::Conn::accepted(shared, stream, at, permit)).await,
-                Err(e) => {
-                    tracing::warn!(peer = %at.peer, error = %e, "cannot serve a connection on its lane; closing it");
+        placed.spawn(|seat| {
+            self.tracker.track_future(async move {
+                match TcpStream::from_std(moved) {
+                    Ok(stream) => {
+                        let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
+                        conn::serve(conn).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %at.peer, error = %e, "cannot serve a connection on its lane; closing it");
+                    }
                 }
-            }
-        }));
+            })
+        });
     }
 }
 
