@@ -153,6 +153,10 @@ fn init_tracing(config: &Config, events: &EventSink) {
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> ExitCode {
+    // Before any thread starts. Where it is not taken (not glibc), threads keep arenas of their own: more memory at
+    // scale, nothing else.
+    #[cfg(target_os = "linux")]
+    let _ = gpa::redirect::share_one_malloc_arena();
     let cli = Cli::parse();
     // The proxy's connections run on lanes of their own (`proxy::lanes`); this runtime runs the rest. Multi-thread:
     // the key keeper and the status writer write files with fsync on its threads, and its blocking pool runs the

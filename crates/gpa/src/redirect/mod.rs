@@ -22,7 +22,7 @@ mod linux;
 pub use config::{DEFAULT_LISTENER, RedirectConfig, RedirectFailMode, fail_mode_name};
 pub use error::{Cause, KernelFeature, ObjectProblem, RedirectError};
 #[cfg(target_os = "linux")]
-pub use linux::{Redirector, discover_cgroup2_root};
+pub use linux::{Redirector, discover_cgroup2_root, share_one_malloc_arena};
 pub use record::{ConnRecord, Counters, ExeId, ProcessInstance};
 
 use std::path::PathBuf;
