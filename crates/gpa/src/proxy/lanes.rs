@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// The lanes of one proxy. Dropping it ends their threads once their tasks are done or dropped.
+/// The lanes of one proxy. Dropping it ends their threads, and drops whatever still runs on them: the proxy drops
+/// it only after its task tracker has seen every connection end.
 pub(super) struct Lanes {
     /// Lane 0, which accepts.
     accepting: Lane,
@@ -119,20 +120,34 @@ impl Drop for Seat {
 }
 
 impl Lane {
+    /// The runtime is built on the lane's own thread, so a failed start never drops a runtime on the caller's
+    /// (tokio refuses to drop one inside another's async context).
     fn start(index: usize) -> std::io::Result<Lane> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
+        let (started, starting) = std::sync::mpsc::sync_channel(1);
         let (end, ended) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("gpa-lane-{index}"))
             .spawn(move || {
-                // Serves until the proxy drops its lanes; dropping the runtime then ends what is left.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(runtime.handle().clone()));
+                // Serves until the proxy drops its lanes; dropping the runtime then drops what is left on it.
                 runtime.block_on(async move {
                     let _ = ended.await;
                 });
             })?;
+        // A wait of one runtime build, once per lane at the proxy's start.
+        let handle = starting.recv().map_err(|_| {
+            std::io::Error::other("the lane's thread ended before its runtime started")
+        })??;
         Ok(Lane {
             handle,
             open: Arc::default(),
@@ -211,12 +226,11 @@ mod tests {
         }
         let lanes = Lanes::start(2);
         let (dropped, gone) = std::sync::mpsc::channel();
-        let mut ends = Vec::new();
-        for _ in 0..2 {
-            let (_, _, end) = place(&lanes).await;
-            ends.push(end);
+        for lane in 0..2 {
+            let placed = lanes.pick();
+            assert_eq!(placed.index, lane, "one on each lane");
             let guard = Dropped(dropped.clone());
-            lanes.pick().spawn(|seat| async move {
+            placed.spawn(|seat| async move {
                 let _seat = seat;
                 let _guard = guard;
                 std::future::pending::<()>().await;
