@@ -162,8 +162,7 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let lanes = Arc::new(Lanes::start(cores.min(crate::MAX_WORKER_THREADS)));
     tracing::info!(listener = %shared.listen, max_connections = cap, lanes = lanes.count(), "proxy serving");
-    let mut accepting = Accepting {
-        on_lane: true,
+    let accepting = Accepting {
         shared: shared.clone(),
         permits,
         overload,
@@ -171,32 +170,19 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         cancel: ctx.cancel,
         lanes: lanes.clone(),
     };
-    // The accepting lane accepts on copies of the listeners registered with its reactor; where they cannot be made,
-    // the accept loop runs here, and connections still go to the lanes. Should this future be dropped, the accept
-    // loop ends with it, and the lanes, with every connection still on them, once the loop has.
-    let (lane, here) = (lanes.accepting().clone(), tokio::runtime::Handle::current());
-    let moved = on_lane(&ctx.listener, &lane).and_then(|v4| {
-        let v6 = ctx
-            .listener_v6
-            .as_ref()
-            .map(|l| on_lane(l, &lane))
-            .transpose()?;
-        Ok((v4, v6))
-    });
-    let (accepts_on, v4, v6) = match moved {
-        Ok((v4, v6)) => {
-            // The originals leave this runtime's reactor, which would otherwise wake for every new connection.
-            drop((ctx.listener, ctx.listener_v6));
-            (lane, v4, v6)
+    // The listeners move to the accepting lane's reactor (the same descriptors). Should this future be dropped, the
+    // accept loop ends with it, and the lanes, with every connection still on them, once the loop has.
+    let v6 = ctx.listener_v6.map(|l| l.into_std()).transpose();
+    match (ctx.listener.into_std(), v6) {
+        (Ok(v4), Ok(v6)) => {
+            let accept_loop = lanes.accepting().spawn(accepting.run(v4, v6));
+            if let Err(e) = AbortOnDropHandle::new(accept_loop).await {
+                tracing::error!(error = %e, "the proxy's accept loop failed");
+            }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen on the proxy's accepting lane; accepting on the agent's runtime");
-            accepting.on_lane = false;
-            (here, ctx.listener, ctx.listener_v6)
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot take the listener off the agent's runtime; the proxy stops");
         }
-    };
-    if let Err(e) = AbortOnDropHandle::new(accepts_on.spawn(accepting.run(v4, v6))).await {
-        tracing::error!(error = %e, "the proxy's accept loop failed");
     }
     // Connections between requests close now; the others after the request they are serving.
     shared.stop.stop();
@@ -206,10 +192,8 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     tracing::info!("proxy stopped");
 }
 
-/// What the accept loop needs.
+/// What the accept loop needs, on the accepting lane.
 struct Accepting {
-    /// The loop runs on the accepting lane (lane 0), so a connection placed there needs no move.
-    on_lane: bool,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     overload: Arc<Semaphore>,
@@ -220,7 +204,18 @@ struct Accepting {
 
 impl Accepting {
     /// Accepts until cancelled, then drops the listeners: new connections are refused from then on.
-    async fn run(self, v4: TcpListener, v6: Option<TcpListener>) {
+    async fn run(self, v4: std::net::TcpListener, v6: Option<std::net::TcpListener>) {
+        let listeners = TcpListener::from_std(v4).and_then(|v4| {
+            let v6 = v6.map(TcpListener::from_std).transpose()?;
+            Ok((v4, v6))
+        });
+        let (v4, v6) = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen on the proxy's accepting lane; the proxy stops");
+                return;
+            }
+        };
         let shared = &self.shared;
         let mut backoff = limits::ACCEPT_BACKOFF_MIN;
         let v4 = Listening::new(&v4, shared.listen);
@@ -272,12 +267,11 @@ impl Accepting {
         }
     }
 
-    /// Starts serving an accepted connection on its lane; a connection for another reactor than the accepting one
-    /// moves to its lane's.
+    /// Starts serving an accepted connection on its lane; a connection for another lane moves to its reactor.
     fn place(&self, stream: TcpStream, at: conn::Accepted, permit: OwnedSemaphorePermit) {
         let shared = self.shared.clone();
         let placed = self.lanes.pick();
-        if placed.index == 0 && self.on_lane {
+        if placed.index == 0 {
             placed.spawn(|seat| {
                 let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
                 self.tracker.track_future(conn::serve(conn))
@@ -305,20 +299,6 @@ impl Accepting {
             })
         });
     }
-}
-
-/// A copy of `listener` (the same socket) registered with `lane`'s reactor.
-#[cfg(unix)]
-fn on_lane(listener: &TcpListener, lane: &tokio::runtime::Handle) -> std::io::Result<TcpListener> {
-    use std::os::fd::AsFd;
-    let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
-    let _on_lane = lane.enter();
-    TcpListener::from_std(copy)
-}
-
-#[cfg(not(unix))]
-fn on_lane(_: &TcpListener, _: &tokio::runtime::Handle) -> std::io::Result<TcpListener> {
-    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// A listener and what every connection accepted on it shares, found once instead of per connection.
