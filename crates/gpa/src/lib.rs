@@ -25,3 +25,11 @@ pub use lifecycle::run;
 /// each worker costs a stack, a malloc arena and up to 3.5 MiB of pooled request buffers (`proxy::limits`), so the
 /// agent must not grow with the VM's core count (catalog G1).
 pub const MAX_WORKER_THREADS: usize = 4;
+
+/// Worker threads for this machine: one per core, at most [`MAX_WORKER_THREADS`]. The agent's runtime and the
+/// proxy's lanes each start this many.
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_WORKER_THREADS)
+}

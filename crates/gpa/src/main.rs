@@ -161,9 +161,8 @@ fn main() -> ExitCode {
     // The proxy's connections run on lanes of their own (`proxy::lanes`); this runtime runs the rest. Multi-thread:
     // the key keeper and the status writer write files with fsync on its threads, and its blocking pool runs the
     // identity lookups of every lane.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.min(gpa::MAX_WORKER_THREADS))
+        .worker_threads(gpa::worker_threads())
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()

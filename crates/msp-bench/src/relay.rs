@@ -91,10 +91,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 }
 
 fn tokio_relay(listener: TcpListener, to: SocketAddr, from: Ipv4Addr) -> std::io::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // The agent's own cap, so the floor runs the runtime the agent has.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores.min(gpa::MAX_WORKER_THREADS))
+        .worker_threads(gpa::worker_threads())
         .enable_all()
         .build()?;
     listener.set_nonblocking(true)?;

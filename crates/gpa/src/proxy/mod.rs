@@ -159,8 +159,7 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     ));
     let overload = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
     let tracker = TaskTracker::new();
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let lanes = Arc::new(Lanes::start(cores.min(crate::MAX_WORKER_THREADS)));
+    let lanes = Arc::new(Lanes::start(crate::worker_threads()));
     tracing::info!(listener = %shared.listen, max_connections = cap, lanes = lanes.count(), "proxy serving");
     let accepting = Accepting {
         shared: shared.clone(),
