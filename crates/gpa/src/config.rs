@@ -64,12 +64,13 @@ pub enum ConfigError {
     },
     #[error("{file}: key `{key}`: must be at least 1")]
     Zero { file: PathBuf, key: String },
-    #[error("{file}: key `{key}`: {value} is more than the largest allowed, {max} (one year)")]
+    #[error("{file}: key `{key}`: {value} is more than the largest allowed, {max} ({meaning})")]
     ValueTooLarge {
         file: PathBuf,
         key: String,
         value: u64,
         max: u64,
+        meaning: &'static str,
     },
 }
 
@@ -225,6 +226,10 @@ pub struct Config {
     pub redirect_fail_mode: RedirectFailMode,
     /// Send the status document to `msp-host` (spec §9.3). Default false.
     pub report_status_to_host: bool,
+    /// The longest a proxied connection polls its socket for a request's or a response's first bytes before it
+    /// sleeps, in microseconds; 0 turns polling off. Only a connection alone on its lane polls, one at a time, and
+    /// none on a single CPU. Default 200, at most 1000 (docs/DECISIONS.md).
+    pub proxy_busy_poll_in_microseconds: u64,
 }
 
 impl Default for Config {
@@ -259,6 +264,7 @@ impl Default for Config {
             max_concurrent_connections: 16_384,
             redirect_fail_mode: RedirectFailMode::Open,
             report_status_to_host: false,
+            proxy_busy_poll_in_microseconds: 200,
         }
     }
 }
@@ -295,6 +301,10 @@ const ENDPOINT_KEYS: [&str; 4] = [
 /// The largest interval or timeout the configuration accepts, in seconds: one year. Longer ones mean "never" in
 /// practice, and every deadline the agent computes from them stays far from what the clocks can hold.
 pub const MAX_SECONDS: u64 = 365 * 86_400;
+
+/// The longest `proxyBusyPollInMicroseconds`, in microseconds (1 ms): polling is for answers that come within
+/// microseconds, and a longer poll would hold a lane's thread, and a vCPU, for longer than a wake-up costs.
+pub const MAX_BUSY_POLL_MICROS: u64 = 1_000;
 
 const NON_ZERO_KEYS: [&str; 8] = [
     "monitorIntervalInSeconds",
@@ -402,6 +412,16 @@ impl Config {
                 key: (*key).to_owned(),
                 value,
                 max: MAX_SECONDS,
+                meaning: "one year",
+            });
+        }
+        if self.proxy_busy_poll_in_microseconds > MAX_BUSY_POLL_MICROS {
+            return Err(ConfigError::ValueTooLarge {
+                file: file.to_owned(),
+                key: "proxyBusyPollInMicroseconds".to_owned(),
+                value: self.proxy_busy_poll_in_microseconds,
+                max: MAX_BUSY_POLL_MICROS,
+                meaning: "1 ms",
             });
         }
         Ok(())

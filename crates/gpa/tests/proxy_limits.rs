@@ -4,6 +4,9 @@
 
 mod proxy_support;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use proxy_support::*;
@@ -318,6 +321,122 @@ async fn keep_alive_uses_one_upstream_connection_and_reopens_after_a_clean_close
     let r = t.send(h, Who::Root, &get("/metadata/other", h)).await;
     assert_eq!(r.status, 200);
     assert_eq!(t.recorder.connection_count(), 3);
+    t.stop().await;
+}
+
+/// One request on `s`, its head in two writes 5 ms apart when `split`; the answer must be the recorder's.
+async fn exchange(s: &mut tokio::net::TcpStream, target: &str, h: SocketAddr, split: bool) {
+    let request = get(target, h);
+    let (first, rest) = request.split_at(if split { 20 } else { request.len() });
+    s.write_all(first).await.unwrap();
+    if !rest.is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.write_all(rest).await.unwrap();
+    }
+    let r = read_response(s).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{target}");
+}
+
+/// A connection alone on its lane polls for its next bytes (docs/DECISIONS.md): whatever the limit, answers that
+/// come within the poll, answers that come after it, and heads that arrive in pieces are all served, in order,
+/// on one upstream connection.
+#[tokio::test]
+async fn a_lone_connection_is_served_alike_whether_bytes_come_within_its_poll_or_after_it() {
+    for busy_poll_us in [0, 200, 1_000] {
+        let t = TestAgent::start(Options {
+            busy_poll_us,
+            ..Options::default()
+        })
+        .await;
+        t.ready().await;
+        let h = t.imds();
+        let mut s = t.connect(h, Who::Root).await;
+        let target = |i: usize| format!("/metadata/{busy_poll_us}/{i}");
+        // Quick answers teach the lane to poll; then late ones and split heads, then quick ones again.
+        for i in 0..20 {
+            exchange(&mut s, &target(i), h, false).await;
+        }
+        let late = Reply::Late(Duration::from_millis(5), OK_REPLY.to_vec());
+        t.recorder.set_reply(late);
+        for i in 20..24 {
+            exchange(&mut s, &target(i), h, i % 2 == 0).await;
+        }
+        t.recorder.set_reply(Reply::Bytes(OK_REPLY.to_vec()));
+        for i in 24..30 {
+            exchange(&mut s, &target(i), h, i == 25).await;
+        }
+        let recorded = t.recorder.recorded();
+        assert_eq!(recorded.len(), 30, "{busy_poll_us} µs");
+        for (i, r) in recorded.iter().enumerate() {
+            let line = format!("GET {} HTTP/1.1\r\n", target(i));
+            assert!(
+                r.head.starts_with(line.as_bytes()),
+                "{busy_poll_us} µs, {i}"
+            );
+        }
+        assert_eq!(t.recorder.connection_count(), 1, "{busy_poll_us} µs");
+        t.stop().await;
+    }
+}
+
+/// A head trickled a byte at a time into a connection that polls at the longest limit still meets the header
+/// timeout (catalog A10), while the bytes keep coming. (Not a proof that no poll bypasses the deadline: a writer
+/// that stalls for a whole budget sends the wait to the reactor, which checks it. The proxy polls only for a
+/// wait's first bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_inside_the_poll_budget_still_gets_408() {
+    let t = TestAgent::start(Options {
+        header_timeout: 1,
+        busy_poll_us: 1_000,
+        ..Options::default()
+    })
+    .await;
+    t.ready().await;
+    let h = t.imds();
+    // Teach the lane that requests come quickly, so that it polls.
+    let mut s = t.connect(h, Who::Root).await;
+    for i in 0..5 {
+        exchange(&mut s, &format!("/metadata/{i}"), h, false).await;
+    }
+    let mut reader = s.into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    let mut writer = reader.try_clone().unwrap();
+    let answered = Arc::new(AtomicBool::new(false));
+    let trickle = std::thread::spawn({
+        let answered = answered.clone();
+        move || {
+            use std::io::Write;
+            let started = Instant::now();
+            let mut head = b"GET /metadata/slow HTTP/1.1\r\nX-Slow: "
+                .iter()
+                .chain(std::iter::repeat(&b'a'));
+            while !answered.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+                let byte = *head.next().unwrap();
+                if writer.write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            started.elapsed()
+        }
+    });
+    let mut response = Vec::new();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        reader.set_read_timeout(Some(STEP)).unwrap();
+        let _ = reader.read_to_end(&mut response);
+        response
+    });
+    let response = read.await.unwrap();
+    answered.store(true, Ordering::SeqCst);
+    let trickled = trickle.join().unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("HEADER_TIMEOUT"), "{text}");
+    assert!(
+        trickled < Duration::from_secs(5),
+        "answered while the bytes still came: {trickled:?}"
+    );
     t.stop().await;
 }
 

@@ -56,6 +56,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// The bare relay's way for every workload; `None`: the cheapest for each ([`relay_mode`]).
     pub relay_mode: Option<relay::Mode>,
+    /// The agent's `proxyBusyPollInMicroseconds`; `None`: its default.
+    pub agent_busy_poll_us: Option<u64>,
     pub bins: Binaries,
     pub work_dir: PathBuf,
 }
@@ -190,6 +192,7 @@ pub fn run(opts: &Options, cleanup: &Cleanup) -> Result<Report, BenchError> {
 
     progress.step("starting msp-host");
     let mut stack = Stack::start(opts.bins.clone(), &opts.work_dir, cleanup, opts.host_cpu)?;
+    stack.agent_busy_poll_us = opts.agent_busy_poll_us;
     progress.step("starting gpa (first latch)");
     stack.start_agent()?;
     let ready = Expect {

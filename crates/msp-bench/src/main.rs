@@ -52,6 +52,9 @@ struct Cli {
     /// to 8 connections, the agent's runtime for the others).
     #[arg(long, value_enum)]
     relay_mode: Option<msp_bench::relay::Mode>,
+    /// The agent's `proxyBusyPollInMicroseconds` (0: no polling); default: the agent's own default.
+    #[arg(long)]
+    agent_busy_poll_us: Option<u64>,
     /// The gpa binary (default: next to msp-bench).
     #[arg(long)]
     gpa: Option<PathBuf>,
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
         cold_starts: cli.cold_starts,
         only: cli.only,
         relay_mode: cli.relay_mode,
+        agent_busy_poll_us: cli.agent_busy_poll_us,
         bins: Binaries {
             gpa: cli.gpa.unwrap_or_else(|| here.join("gpa")),
             host: cli.msp_host.unwrap_or_else(|| here.join("msp-host")),

@@ -170,6 +170,8 @@ pub struct RunSettings {
     pub client_cpu: Option<usize>,
     pub host_cpu: Option<usize>,
     pub nice: i32,
+    /// `None`: the agent's default.
+    pub agent_busy_poll_us: Option<u64>,
 }
 
 /// Everything a run produced.
@@ -199,6 +201,7 @@ impl Report {
                 client_cpu: opts.client_cpu,
                 host_cpu: opts.host_cpu,
                 nice: procfs::nice(std::process::id()).unwrap_or(0),
+                agent_busy_poll_us: opts.agent_busy_poll_us,
             },
             load_average_start: procfs::loadavg(),
             load_average_end: [0.0; 3],
@@ -236,7 +239,7 @@ impl Report {
         let _ = writeln!(
             md,
             "Machine: {} × {}, kernel {}; load average {} at start, {} at end; {} rounds × {} ms per side, \
-             client {}, msp-host {}, nice {}.\n",
+             client {}, msp-host {}, nice {}, agent busy polling {}.\n",
             self.machine.cpus,
             self.machine.cpu_model,
             self.machine.kernel,
@@ -247,6 +250,10 @@ impl Report {
             pinned(self.settings.client_cpu),
             pinned(self.settings.host_cpu),
             self.settings.nice,
+            self.settings.agent_busy_poll_us.map_or_else(
+                || "at the agent's default".to_owned(),
+                |us| format!("{us} µs")
+            ),
         );
         md.push_str(
             "| workload | direct req/s | agent req/s | ratio | direct p50 / p90 / p99 / p99.9 µs | agent p50 / p90 / p99 / p99.9 µs | added p50 / p99 µs | agent CPU µs/req | host CPU µs/req direct / via agent | load avg (1 min) |\n\

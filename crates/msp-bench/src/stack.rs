@@ -137,6 +137,8 @@ pub struct Stack {
     pub bins: Binaries,
     pub admin: AdminClient,
     pub rt: tokio::runtime::Runtime,
+    /// The agent's `proxyBusyPollInMicroseconds`; `None`: its default.
+    pub agent_busy_poll_us: Option<u64>,
     host: Proc,
     agent: Option<Proc>,
     cleanup: Cleanup,
@@ -216,6 +218,7 @@ impl Stack {
             admin,
             rt,
             host,
+            agent_busy_poll_us: None,
             agent: None,
             cleanup: cleanup.clone(),
             _upstream: upstream,
@@ -235,7 +238,7 @@ impl Stack {
     fn agent_config(&self) -> Result<PathBuf, StackError> {
         let a = &self.addrs;
         let dir = self.dir.join("agent");
-        let config = json!({
+        let mut config = json!({
             "logFolder": dir.join("log"),
             "eventFolder": dir.join("log/events"),
             "latchKeyFolder": dir.join("state/keys"),
@@ -246,6 +249,9 @@ impl Stack {
             "proxyListenAddress": a.proxy,
             "cgroupRoot": self.cgroup.path(),
         });
+        if let (Some(us), Some(keys)) = (self.agent_busy_poll_us, config.as_object_mut()) {
+            keys.insert("proxyBusyPollInMicroseconds".to_owned(), us.into());
+        }
         let path = self.dir.join("agent.json");
         std::fs::write(&path, config.to_string()).map_err(io("agent.json"))?;
         Ok(path)

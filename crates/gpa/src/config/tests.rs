@@ -118,6 +118,22 @@ fn intervals_and_timeouts_over_a_year_are_refused_naming_the_key() {
 }
 
 #[test]
+fn busy_polling_defaults_to_200_us_turns_off_at_0_and_is_refused_over_1_ms() {
+    assert_eq!(Config::default().proxy_busy_poll_in_microseconds, 200);
+    let off = parse(r#"{"proxyBusyPollInMicroseconds": 0}"#).unwrap();
+    assert_eq!(off.proxy_busy_poll_in_microseconds, 0);
+    let most = format!(r#"{{"proxyBusyPollInMicroseconds": {MAX_BUSY_POLL_MICROS}}}"#);
+    assert_eq!(parse(&most).unwrap().proxy_busy_poll_in_microseconds, 1_000);
+    let err = parse(r#"{"proxyBusyPollInMicroseconds": 1001}"#).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::ValueTooLarge { key, value: 1001, max: 1_000, .. }
+            if key == "proxyBusyPollInMicroseconds"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1 ms"), "{err}");
+}
+
+#[test]
 fn missing_explicit_file_is_an_error() {
     let err = Config::load(Some(Path::new("/nonexistent/gpa.json")), &env()).unwrap_err();
     assert!(matches!(err, ConfigError::Missing { .. }));

@@ -25,6 +25,7 @@ use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
 
 use super::buffers::OnDemand;
+use super::busy_poll::{Asleep, Polled, Poller, Wait};
 use super::decide::{Caller, Verdict, decide};
 use super::forward::Outcome;
 use super::head::{self, HeadError, Version};
@@ -64,7 +65,7 @@ pub(super) struct Conn {
     pub(super) timer: Timer,
     stop: Watch,
     /// The connection's place under the cap (spec §8.4) and on its lane: given back when the connection ends.
-    _places: (OwnedSemaphorePermit, Seat),
+    pub(super) places: (OwnedSemaphorePermit, Seat),
 }
 
 /// What the accept loop knows about a connection it hands over.
@@ -114,7 +115,7 @@ impl Conn {
             client_gone: false,
             timer,
             stop,
-            _places: places,
+            places,
         })
     }
 
@@ -244,10 +245,44 @@ impl Conn {
                 // Counted from the first byte, which has just arrived.
                 head.get_or_insert(Deadline::After(self.shared.timeouts.head));
             }
-            let mut idle = Deadline::After(self.shared.timeouts.idle);
-            let deadline = head.as_mut().unwrap_or(&mut idle);
-            let read = read_some(&mut self.client, &mut self.b, &mut self.stop);
-            match self.timer.within(deadline, read).await {
+            if self.stop.is_stopped() {
+                return HeadRead::Close;
+            }
+            let poller = Poller::new(&self.shared.polling, &self.places.1);
+            // Only a head's first bytes are polled for; the rest comes under the head's deadline.
+            let polled = if self.b.rbuf.is_empty() {
+                if poller.polls(Wait::Request) {
+                    // What a sleep would do first: the lane's reactor and its other tasks run (the accept loop on
+                    // lane 0, a close the host sent). The client is still reading the last response meanwhile.
+                    tokio::task::yield_now().await;
+                }
+                poller.read(Wait::Request, &self.client, || {
+                    make_room(&mut self.b.rbuf);
+                    &mut self.b.rbuf
+                })
+            } else {
+                Polled::Sleep(Asleep::default())
+            };
+            let read = match polled {
+                Polled::Read(_) if self.stop.is_stopped() => return HeadRead::Close,
+                Polled::Read(read) => Some(read),
+                Polled::Sleep(asleep) => {
+                    if self.b.rbuf.is_empty() {
+                        // A poll that found nothing gives its box back: an idle connection holds none.
+                        self.b.release();
+                    }
+                    let mut idle = Deadline::After(self.shared.timeouts.idle);
+                    let deadline = head.as_mut().unwrap_or(&mut idle);
+                    if let Some(since) = asleep.since() {
+                        deadline.count_from(since);
+                    }
+                    let read = read_some(&mut self.client, &mut self.b, &mut self.stop);
+                    let read = self.timer.within(deadline, read).await;
+                    Poller::new(&self.shared.polling, &self.places.1).slept(Wait::Request, asleep);
+                    read
+                }
+            };
+            match read {
                 None if self.b.rbuf.is_empty() => return HeadRead::Close,
                 None => return HeadRead::TimedOut,
                 Some(Ok(0) | Err(_)) => return HeadRead::Close,

@@ -14,6 +14,7 @@ use msp_core::sign::{self, RequestParts};
 use msp_core::{Claims, Reason};
 use tokio::io::AsyncWriteExt;
 
+use super::busy_poll::Poller;
 use super::chunked::ChunkedDecoder;
 use super::conn::Conn;
 use super::decide::Forward;
@@ -153,6 +154,7 @@ impl Conn {
             stream: &mut self.client,
             timer: &mut self.timer,
             out: &mut b.out,
+            poller: Poller::new(&self.shared.polling, &self.places.1),
         };
         relay::relay(up, &mut b.ubuf, client, x).await
     }

@@ -24,6 +24,7 @@
 )]
 
 mod buffers;
+mod busy_poll;
 pub mod chunked;
 mod conn;
 pub mod decide;
@@ -44,6 +45,7 @@ mod kernel;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use msp_core::Claims;
 use tokio::io::AsyncWriteExt;
@@ -125,6 +127,8 @@ pub(crate) struct Shared {
     /// The runtime the proxy was started on, whose blocking pool runs every lane's identity lookups: one cap
     /// for all of them.
     pub(crate) blocking: tokio::runtime::Handle,
+    /// The polling of a connection alone on its lane (`busy_poll`).
+    pub(crate) polling: busy_poll::Polling,
     /// Set when the proxy stops accepting; read by every request (graceful stop).
     stop: Arc<stop::Stop>,
     next_id: AtomicU64,
@@ -149,6 +153,10 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
         keeper: ctx.keeper,
         attributor,
         blocking: tokio::runtime::Handle::current(),
+        polling: busy_poll::Polling::new(
+            Duration::from_micros(ctx.config.proxy_busy_poll_in_microseconds),
+            crate::worker_threads(),
+        ),
         stop: Arc::default(),
         next_id: AtomicU64::new(0),
     });
@@ -160,7 +168,13 @@ pub async fn serve(ctx: ProxyContext, attributor: Arc<dyn Attributor>) {
     let overload = Arc::new(Semaphore::new(OVERLOAD_ANSWERS));
     let tracker = TaskTracker::new();
     let lanes = Arc::new(Lanes::start(crate::worker_threads()));
-    tracing::info!(listener = %shared.listen, max_connections = cap, lanes = lanes.count(), "proxy serving");
+    tracing::info!(
+        listener = %shared.listen,
+        max_connections = cap,
+        lanes = lanes.count(),
+        busy_poll_us = shared.polling.limit().as_micros(),
+        "proxy serving"
+    );
     let accepting = Accepting {
         shared: shared.clone(),
         permits,

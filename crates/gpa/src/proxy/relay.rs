@@ -21,6 +21,7 @@ use tokio::time::Instant;
 #[cfg(not(target_os = "linux"))]
 use tokio::time::timeout_at;
 
+use super::busy_poll::{Asleep, Polled, Poller, Wait};
 use super::chunked::ChunkedDecoder;
 use super::head::{parse_decimal, trim_ows};
 use super::limits::{
@@ -238,6 +239,7 @@ pub(super) struct Client<'a> {
     pub(super) stream: &'a mut TcpStream,
     pub(super) timer: &'a mut Timer,
     pub(super) out: &'a mut Vec<u8>,
+    pub(super) poller: Poller<'a>,
 }
 
 /// Reads the response to the request just sent into `buf` and relays it to the client, head rewritten per
@@ -270,11 +272,25 @@ pub(super) async fn relay(
             return Err(protocol());
         }
         buf.reserve(INITIAL_BUFFER);
-        match client
-            .timer
-            .within(&mut deadline, up.stream.read_buf(buf))
-            .await
-        {
+        // Only the response's first bytes are polled for; the rest of its head comes under its deadline.
+        let polled = if !received_any && buf.is_empty() {
+            client.poller.read(Wait::Response, &up.stream, || &mut *buf)
+        } else {
+            Polled::Sleep(Asleep::default())
+        };
+        let read = match polled {
+            Polled::Read(read) => Some(read),
+            Polled::Sleep(asleep) => {
+                if let Some(since) = asleep.since() {
+                    deadline.count_from(since);
+                }
+                let read = up.stream.read_buf(buf);
+                let read = client.timer.within(&mut deadline, read).await;
+                client.poller.slept(Wait::Response, asleep);
+                read
+            }
+        };
+        match read {
             None => {
                 return Err(RelayError::BeforeHead {
                     reason: Reason::UpstreamTimeout,
@@ -322,6 +338,7 @@ async fn relay_body(
         stream: client,
         timer,
         out,
+        ..
     } = client;
     let mut remaining = match body {
         Body::Length(n) => n,

@@ -29,6 +29,13 @@ pub(super) enum Deadline {
 }
 
 impl Deadline {
+    /// Counts a limit not yet fixed from `from`, when its wait began before it had to wait (a poll first).
+    pub(super) fn count_from(&mut self, from: Instant) {
+        if let Deadline::After(limit) = *self {
+            *self = Deadline::At(after(from, limit));
+        }
+    }
+
     /// The instant, fixed now if it was not yet.
     fn fix(&mut self) -> Instant {
         match *self {

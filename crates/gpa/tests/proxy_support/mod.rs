@@ -153,6 +153,8 @@ pub enum Reply {
     BytesThenClose(Vec<u8>),
     /// Nothing, ever (the connection stays open).
     Silence,
+    /// These bytes after this pause, keeping the connection open.
+    Late(Duration, Vec<u8>),
 }
 
 /// A loopback HTTP/1.1 server that records every request byte for byte.
@@ -280,6 +282,12 @@ async fn serve_recorded(
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
+            Reply::Late(pause, b) => {
+                tokio::time::sleep(pause).await;
+                if stream.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -319,6 +327,7 @@ pub struct Options {
     pub upstream_response_timeout: u64,
     pub max_connections: u64,
     pub poll_interval: u64,
+    pub busy_poll_us: u64,
 }
 
 impl Default for Options {
@@ -331,6 +340,7 @@ impl Default for Options {
             upstream_response_timeout: 60,
             max_connections: 16_384,
             poll_interval: 1,
+            busy_poll_us: Config::default().proxy_busy_poll_in_microseconds,
         }
     }
 }
@@ -379,6 +389,7 @@ impl TestAgent {
             idle_connection_timeout_in_seconds: opts.idle_timeout,
             upstream_response_timeout_in_seconds: opts.upstream_response_timeout,
             max_concurrent_connections: opts.max_connections,
+            proxy_busy_poll_in_microseconds: opts.busy_poll_us,
             ..Config::default()
         };
         TestAgent::start_with(config, host, recorder, dir).await

@@ -1,0 +1,390 @@
+//! Polling a socket for a peer's first bytes for a few microseconds before sleeping on the reactor.
+//!
+//! On a VM, waking a thread that sleeps can cost more than the answer it waits for takes to arrive: the idle vCPU
+//! halts, and the peer's send then wakes it through the hypervisor. A direct call pays two such wake-ups; one
+//! through the agent pays four (the agent on the request, the host, the agent on the response, the client). Where
+//! the guest kernel polls before it halts an idle vCPU (`haltpoll`), that hides most of the cost for every
+//! process; where it does not (the bench machine boots with `haltpoll.guest_halt_poll_ns=0`), the agent's hop
+//! pays it in full. Measured there (BENCHMARKS.md, history item 43): at 1 keep-alive connection the agent went
+//! from ~0.6× of the direct path to ~1.1×, and a new connection from +146…+188 to +67 µs, for ~15 µs more CPU
+//! per request at 1 connection.
+//!
+//! So a connection that is alone on its lane reads its socket without waiting, again and again, for at most its
+//! lane's *budget* for that wait, and only then sleeps. Only a wait's first bytes are polled for (the rest of a
+//! head comes under the wait's deadline, which counts from the start of the poll). Bounds, so that polling does
+//! not take what others need:
+//! - at most one connection of the whole agent polls at a time (one vCPU), and none on a single CPU;
+//! - never while another connection shares the lane: a poll holds the lane's thread (on lane 0 it delays the
+//!   accept loop by at most the budget);
+//! - each budget follows how long that wait lasted lately, like the kernel's halt polling: a wait that a poll of
+//!   the limit would have caught raises the budget to the limit, a wait that outlasted the limit halves it, and
+//!   below an eighth of the limit it is none. A lane whose peer answers slowly (a remote host) or whose clients
+//!   pause between requests stops polling after a few waits, and still times its waits to start again.
+//!
+//! This module must never poll while another connection shares the lane, leave the agent's polling turn taken,
+//! or read into no room.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::lanes::Seat;
+use crate::config::MAX_BUSY_POLL_MICROS;
+
+/// The proxy's polling: the longest any wait polls, and whether a connection is polling now.
+pub(crate) struct Polling {
+    /// Zero: polling is off.
+    limit: Duration,
+    busy: AtomicBool,
+}
+
+/// A wait a connection can poll for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The client's next request (or its first).
+    Request,
+    /// The head of the upstream's response to the request just sent.
+    Response,
+}
+
+/// What a lane has learned of its waits: the budget of each, in nanoseconds.
+#[derive(Debug, Default)]
+pub(super) struct Budgets {
+    request: AtomicU32,
+    response: AtomicU32,
+}
+
+/// How polling ended.
+#[derive(Debug)]
+pub(super) enum Polled {
+    /// What the read while polling returned: bytes, the end of the stream, or an error.
+    Read(std::io::Result<usize>),
+    /// Nothing arrived, or the connection did not poll: wait on the reactor, then pass this to
+    /// [`Poller::slept`].
+    Sleep(Asleep),
+}
+
+/// When a wait began, if polling timed it.
+#[derive(Debug, Default)]
+pub(super) struct Asleep(Option<Instant>);
+
+impl Asleep {
+    /// When the wait began, if polling timed it: its deadline counts from then.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.0
+    }
+}
+
+impl Polling {
+    /// Polling for at most `limit` per wait (capped at [`MAX_BUSY_POLL_MICROS`]), on Linux with at least two
+    /// CPUs: on one, a poll only keeps the peer it waits for from running.
+    pub(crate) fn new(limit: Duration, cpus: usize) -> Polling {
+        let limit = if cfg!(target_os = "linux") && cpus >= 2 {
+            limit.min(Duration::from_micros(MAX_BUSY_POLL_MICROS))
+        } else {
+            Duration::ZERO
+        };
+        Polling {
+            limit,
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    /// The longest any wait polls (zero: off).
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+/// One connection's polling: the proxy's, and the connection's seat on its lane.
+#[derive(Clone, Copy)]
+pub(super) struct Poller<'a> {
+    polling: &'a Polling,
+    seat: &'a Seat,
+}
+
+impl<'a> Poller<'a> {
+    pub(super) fn new(polling: &'a Polling, seat: &'a Seat) -> Poller<'a> {
+        Poller { polling, seat }
+    }
+
+    /// Whether a read for `wait` would poll now (another connection may still take the turn first).
+    pub(super) fn polls(self, wait: Wait) -> bool {
+        !self.polling.limit.is_zero()
+            && self.seat.alone()
+            && !self.seat.budgets().get(wait).is_zero()
+    }
+
+    /// Reads `stream` into the buffer that `buf` gives, without waiting, until bytes arrive or the lane's budget
+    /// for `wait` is spent. `buf` is called only if the connection polls.
+    pub(super) fn read<'b>(
+        self,
+        wait: Wait,
+        stream: &TcpStream,
+        buf: impl FnOnce() -> &'b mut BytesMut,
+    ) -> Polled {
+        if self.polling.limit.is_zero() || !self.seat.alone() {
+            return Polled::Sleep(Asleep(None));
+        }
+        let budget = self.seat.budgets().get(wait);
+        if budget.is_zero() {
+            // Not polling, but timing the wait: a short one turns polling on.
+            return Polled::Sleep(Asleep(Some(Instant::now())));
+        }
+        let Some(turn) = Turn::take(&self.polling.busy) else {
+            return Polled::Sleep(Asleep(None));
+        };
+        let start = Instant::now();
+        let read = read_within(stream, buf(), budget);
+        drop(turn);
+        match read {
+            Some(result) => Polled::Read(result),
+            None => Polled::Sleep(Asleep(Some(start))),
+        }
+    }
+
+    /// Learns from a wait that polling did not end, once the reactor has ended it.
+    pub(super) fn slept(self, wait: Wait, asleep: Asleep) {
+        if let Asleep(Some(since)) = asleep {
+            let limit = self.polling.limit;
+            self.seat.budgets().learn(wait, since.elapsed(), limit);
+        }
+    }
+}
+
+/// The agent's one polling turn, given back when dropped.
+struct Turn<'a>(&'a AtomicBool);
+
+impl<'a> Turn<'a> {
+    fn take(busy: &'a AtomicBool) -> Option<Turn<'a>> {
+        (!busy.swap(true, Ordering::Acquire)).then_some(Turn(busy))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Budgets {
+    fn slot(&self, wait: Wait) -> &AtomicU32 {
+        match wait {
+            Wait::Request => &self.request,
+            Wait::Response => &self.response,
+        }
+    }
+
+    fn get(&self, wait: Wait) -> Duration {
+        Duration::from_nanos(u64::from(self.slot(wait).load(Ordering::Relaxed)))
+    }
+
+    fn set(&self, wait: Wait, budget: Duration) {
+        let nanos = u32::try_from(budget.as_nanos()).unwrap_or(u32::MAX);
+        self.slot(wait).store(nanos, Ordering::Relaxed);
+    }
+
+    /// The budget after a wait of `waited` that polling did not end.
+    fn learn(&self, wait: Wait, waited: Duration, limit: Duration) {
+        let budget = self.get(wait);
+        let next = if waited <= limit {
+            (budget * 2).clamp(limit / 8, limit)
+        } else if budget / 2 < limit / 8 {
+            Duration::ZERO
+        } else {
+            budget / 2
+        };
+        self.set(wait, next);
+    }
+}
+
+/// Reads what arrives on `stream` into `buf` within `budget`; `None` if nothing did.
+#[cfg(target_os = "linux")]
+fn read_within(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    budget: Duration,
+) -> Option<std::io::Result<usize>> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+
+    // The process clock, not tokio's: a runtime whose time is paused (tests) must not poll forever.
+    let start = std::time::Instant::now();
+    let len = buf.len();
+    // Never a read into no room, which would look like the end of the stream. The callers make room for a read.
+    buf.reserve(1);
+    // The read goes to initialised bytes: the spare room is zeroed once per poll, not per attempt.
+    buf.resize(buf.capacity(), 0);
+    let result = loop {
+        let room = buf.get_mut(len..).unwrap_or_default();
+        match recv(stream.as_raw_fd(), room, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => break Some(Ok(n)),
+            Err(Errno::EAGAIN) if start.elapsed() < budget => std::hint::spin_loop(),
+            Err(Errno::EAGAIN) => break None,
+            Err(Errno::EINTR) => {}
+            Err(e) => break Some(Err(e.into())),
+        }
+    };
+    let read = match &result {
+        Some(Ok(n)) => *n,
+        _ => 0,
+    };
+    buf.truncate(len + read);
+    result
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_within(_: &TcpStream, _: &mut BytesMut, _: Duration) -> Option<std::io::Result<usize>> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_micros(100);
+
+    fn budget_after(start: Duration, waits: &[Duration]) -> Duration {
+        let b = Budgets::default();
+        b.set(Wait::Response, start);
+        for w in waits {
+            b.learn(Wait::Response, *w, LIMIT);
+        }
+        assert_eq!(
+            b.get(Wait::Request),
+            Duration::ZERO,
+            "each wait learns alone"
+        );
+        b.get(Wait::Response)
+    }
+
+    #[test]
+    fn short_waits_double_the_budget_up_to_the_limit_and_long_ones_halve_it_to_none() {
+        let short = Duration::from_micros(40);
+        let long = Duration::from_millis(2);
+        assert_eq!(budget_after(Duration::ZERO, &[short]), LIMIT / 8);
+        assert_eq!(budget_after(Duration::ZERO, &[short; 2]), LIMIT / 4);
+        assert_eq!(budget_after(Duration::ZERO, &[short; 4]), LIMIT);
+        assert_eq!(
+            budget_after(Duration::ZERO, &[short; 9]),
+            LIMIT,
+            "never past the limit"
+        );
+        assert_eq!(
+            budget_after(LIMIT / 2, &[LIMIT]),
+            LIMIT,
+            "the limit still counts"
+        );
+        assert_eq!(budget_after(LIMIT, &[long]), LIMIT / 2);
+        assert_eq!(budget_after(LIMIT, &[long, long]), LIMIT / 4);
+        assert_eq!(budget_after(LIMIT, &[long, long, long]), LIMIT / 8);
+        assert_eq!(budget_after(LIMIT, &[long; 4]), Duration::ZERO);
+        assert_eq!(budget_after(Duration::ZERO, &[long]), Duration::ZERO);
+        assert_eq!(budget_after(LIMIT, &[long, long, short]), LIMIT / 2);
+    }
+
+    #[test]
+    fn one_cpu_turns_polling_off_and_the_limit_is_capped() {
+        assert_eq!(Polling::new(LIMIT, 1).limit(), Duration::ZERO);
+        assert_eq!(Polling::new(LIMIT, 2).limit(), LIMIT);
+        let most = Duration::from_micros(MAX_BUSY_POLL_MICROS);
+        assert_eq!(Polling::new(Duration::from_secs(5), 2).limit(), most);
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_poll_reads_what_arrives_and_gives_up_after_its_budget() {
+        let (mut client, server) = pair().await;
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        let start = std::time::Instant::now();
+        assert!(read_within(&server, &mut buf, Duration::from_millis(2)).is_none());
+        assert!(start.elapsed() >= Duration::from_millis(2));
+        assert_eq!(&buf[..], b"kept", "nothing read, nothing added");
+
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        assert_eq!(buf.capacity(), buf.len(), "a full buffer");
+        let mut read = 0;
+        while read < 18 {
+            let got = read_within(&server, &mut buf, Duration::from_secs(5));
+            let n = got.expect("the bytes are there").unwrap();
+            assert!(n > 0, "bytes, not the end of the stream");
+            read += n;
+            buf.reserve(64);
+        }
+        assert_eq!(&buf[..], b"keptGET / HTTP/1.1\r\n\r\n");
+
+        drop(client);
+        let got = read_within(&server, &mut buf, Duration::from_secs(5));
+        assert_eq!(
+            got.unwrap().unwrap(),
+            0,
+            "the end of the stream ends the poll"
+        );
+    }
+
+    fn untimed(p: &Polled) -> bool {
+        matches!(p, Polled::Sleep(Asleep(None)))
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_alone_on_its_lane_polls_and_only_once_a_wait_was_short() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"x").await.unwrap();
+        // The byte is there before anyone polls: whoever reads the socket gets it at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The longest limit: the wait timed below lasts microseconds, unless the test's thread stalls for 1 ms.
+        let limit = Duration::from_micros(MAX_BUSY_POLL_MICROS);
+        let polling = Polling::new(limit, 2);
+        let mut buf = BytesMut::new();
+
+        let shared = Seat::on_one_lane(2);
+        let p = Poller::new(&polling, &shared[0]);
+        let got = p.read(Wait::Request, &server, || &mut buf);
+        assert!(untimed(&got), "another connection shares the lane: {got:?}");
+
+        let alone = Seat::on_one_lane(1);
+        let p = Poller::new(&polling, &alone[0]);
+        let Polled::Sleep(asleep) = p.read(Wait::Request, &server, || &mut buf) else {
+            panic!("a lane that has learned nothing yet does not poll");
+        };
+        assert!(asleep.since().is_some(), "but it times the wait");
+        assert!(buf.is_empty());
+        p.slept(Wait::Request, asleep);
+        assert_eq!(alone[0].budgets().get(Wait::Request), limit / 8);
+        assert_eq!(alone[0].budgets().get(Wait::Response), Duration::ZERO);
+
+        let turn = Turn::take(&polling.busy).unwrap();
+        let got = p.read(Wait::Request, &server, || &mut buf);
+        assert!(untimed(&got), "another connection is polling: {got:?}");
+        drop(turn);
+
+        let got = p.read(Wait::Request, &server, || &mut buf);
+        assert!(matches!(got, Polled::Read(Ok(1))), "{got:?}");
+        assert_eq!(&buf[..], b"x");
+        assert!(
+            Turn::take(&polling.busy).is_some(),
+            "the poll gave its turn back"
+        );
+
+        let off = Polling::new(Duration::ZERO, 2);
+        client.write_all(b"y").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let p = Poller::new(&off, &alone[0]);
+        assert!(untimed(&p.read(Wait::Request, &server, || &mut buf)));
+    }
+}
