@@ -6,8 +6,8 @@
 //! the guest kernel polls before it halts an idle vCPU (`haltpoll`), that hides most of the cost for every
 //! process; where it does not (the bench machine boots with `haltpoll.guest_halt_poll_ns=0`), the agent's hop
 //! pays it in full. Measured there (BENCHMARKS.md, history item 43): at 1 keep-alive connection the agent went
-//! from ~0.6× of the direct path to ~1.1×, and a new connection from +146…+188 to +67 µs, for ~15 µs more CPU
-//! per request at 1 connection.
+//! from ~0.6× of the direct path to ~1.06×, and a new connection from +176…+215 to +71…+79 µs over direct, for
+//! +8…+25 µs more CPU per request at 1 connection (~95 µs more per 64 KiB response, whose first bytes take longest).
 //!
 //! So a connection that is alone on its lane reads its socket without waiting, again and again, for at most its
 //! lane's *budget* for that wait, and only then sleeps. Only a wait's first bytes are polled for (the rest of a
