@@ -379,6 +379,40 @@ async fn a_lone_connection_is_served_alike_whether_bytes_come_within_its_poll_or
     }
 }
 
+/// Clients that reconnect at once are accepted by the accepting lane's poll once it has learned to (docs/DECISIONS.md):
+/// each connection keeps its own caller (the attribution is found by the client's address) and is served on an
+/// upstream connection of its own.
+#[tokio::test]
+async fn connections_made_one_after_another_are_each_attributed_and_served() {
+    for busy_poll_us in [0, 1_000] {
+        let t = TestAgent::start(Options {
+            busy_poll_us,
+            ..Options::default()
+        })
+        .await;
+        t.ready().await;
+        let h = t.imds();
+        for i in 0..30 {
+            let who = if i % 2 == 0 { Who::Root } else { Who::User };
+            let mut s = t.connect(h, who).await;
+            exchange(&mut s, &format!("/metadata/{busy_poll_us}/{i}"), h, false).await;
+        }
+        let recorded = t.recorder.recorded();
+        assert_eq!(recorded.len(), 30, "{busy_poll_us} µs");
+        for (i, r) in recorded.iter().enumerate() {
+            let root = if i % 2 == 0 { "true" } else { "false" };
+            let claims = r.all("x-ms-azure-host-claims");
+            let expected = format!(r#""isRoot": "{root}""#);
+            assert!(
+                claims.len() == 1 && claims[0].contains(&expected),
+                "{busy_poll_us} µs, {i}: {claims:?}"
+            );
+        }
+        assert_eq!(t.recorder.connection_count(), 30, "{busy_poll_us} µs");
+        t.stop().await;
+    }
+}
+
 /// A head trickled a byte at a time into a connection that polls at the longest limit still meets the header
 /// timeout (catalog A10), while the bytes keep coming. (Not a proof that no poll bypasses the deadline: a writer
 /// that stalls for a whole budget sends the wait to the reactor, which checks it. The proxy polls only for a

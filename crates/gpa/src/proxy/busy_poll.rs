@@ -10,12 +10,13 @@
 //! +8…+25 µs more CPU per request at 1 connection (~95 µs more per 64 KiB response, whose first bytes take longest).
 //!
 //! So a connection that is alone on its lane reads its socket without waiting, again and again, for at most its
-//! lane's *budget* for that wait, and only then sleeps. Only a wait's first bytes are polled for (the rest of a
+//! lane's *budget* for that wait, and only then sleeps. The accepting lane does the same for the next connection
+//! once its last connection has ended (a client that reconnects for each request). Only a wait's first bytes are polled for (the rest of a
 //! head comes under the wait's deadline, which counts from the start of the poll). Bounds, so that polling does
 //! not take what others need:
 //! - at most one connection of the whole agent polls at a time (one vCPU), and none on a single CPU;
-//! - never while another connection shares the lane: a poll holds the lane's thread (on lane 0 it delays the
-//!   accept loop by at most the budget);
+//! - never while another connection shares the lane, nor for a connection while the accepting lane has one open:
+//!   a poll holds the lane's thread (on lane 0 it delays the accept loop by at most the budget);
 //! - each budget follows how long that wait lasted lately, like the kernel's halt polling: a wait that a poll of
 //!   the limit would have caught raises the budget to the limit, a wait that outlasted the limit halves it, and
 //!   below an eighth of the limit it is none. A lane whose peer answers slowly (a remote host) or whose clients
@@ -28,10 +29,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::lanes::Seat;
+use super::lanes::{Seat, Tally};
 use crate::config::MAX_BUSY_POLL_MICROS;
 
 /// The proxy's polling: the longest any wait polls, and whether a connection is polling now.
@@ -48,6 +49,8 @@ pub(super) enum Wait {
     Request,
     /// The head of the upstream's response to the request just sent.
     Response,
+    /// The next connection, on the accepting lane once it has none open.
+    Accept,
 }
 
 /// What a lane has learned of its waits: the budget of each, in nanoseconds.
@@ -55,6 +58,7 @@ pub(super) enum Wait {
 pub(super) struct Budgets {
     request: AtomicU32,
     response: AtomicU32,
+    accept: AtomicU32,
 }
 
 /// How polling ended.
@@ -97,6 +101,47 @@ impl Polling {
     pub(crate) fn limit(&self) -> Duration {
         self.limit
     }
+}
+
+impl Polling {
+    /// Accepts on `listeners` without waiting, until a connection comes or the accepting lane's budget is spent,
+    /// if the lane has no open connection.
+    pub(super) fn accept(&self, lane: &Tally, listeners: &[&TcpListener]) -> Accepted {
+        if self.limit.is_zero() || lane.open() != 0 {
+            return Accepted::Sleep(Asleep(None));
+        }
+        let budget = lane.budgets().get(Wait::Accept);
+        if budget.is_zero() {
+            return Accepted::Sleep(Asleep(Some(Instant::now())));
+        }
+        let Some(turn) = Turn::take(&self.busy) else {
+            return Accepted::Sleep(Asleep(None));
+        };
+        let start = Instant::now();
+        let accepted = accept_within(listeners, budget);
+        drop(turn);
+        match accepted {
+            Some(result) => Accepted::Got(result),
+            None => Accepted::Sleep(Asleep(Some(start))),
+        }
+    }
+
+    /// Learns from a wait for a connection that polling did not end, once the reactor has ended it.
+    pub(super) fn slept_accept(&self, lane: &Tally, asleep: Asleep) {
+        if let Asleep(Some(since)) = asleep {
+            lane.budgets()
+                .learn(Wait::Accept, since.elapsed(), self.limit);
+        }
+    }
+}
+
+/// How polling for a connection ended.
+#[derive(Debug)]
+pub(super) enum Accepted {
+    /// The connection accepted while polling (non-blocking, not yet registered), or the error of the accept.
+    Got(std::io::Result<(std::net::TcpStream, usize)>),
+    /// Nothing came, or the lane did not poll.
+    Sleep(Asleep),
 }
 
 /// One connection's polling: the proxy's, and the connection's seat on its lane.
@@ -175,6 +220,7 @@ impl Budgets {
         match wait {
             Wait::Request => &self.request,
             Wait::Response => &self.response,
+            Wait::Accept => &self.accept,
         }
     }
 
@@ -235,6 +281,41 @@ fn read_within(
     };
     buf.truncate(len + read);
     result
+}
+
+/// Accepts on the first of `listeners` that has a connection, within `budget`: the stream and the listener's
+/// index; `None` if none came.
+#[cfg(target_os = "linux")]
+fn accept_within(
+    listeners: &[&TcpListener],
+    budget: Duration,
+) -> Option<std::io::Result<(std::net::TcpStream, usize)>> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{SockFlag, accept4};
+
+    let start = std::time::Instant::now();
+    loop {
+        for (i, listener) in listeners.iter().enumerate() {
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            match accept4(*listener, flags) {
+                Ok(fd) => return Some(Ok((std::net::TcpStream::from(fd), i))),
+                Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        if start.elapsed() >= budget {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn accept_within(
+    _: &[&TcpListener],
+    _: Duration,
+) -> Option<std::io::Result<(std::net::TcpStream, usize)>> {
+    None
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -298,7 +379,7 @@ mod tests {
     }
 
     async fn pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
@@ -386,5 +467,53 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let p = Poller::new(&off, &alone[0]);
         assert!(untimed(&p.read(Wait::Request, &server, || &mut buf)));
+    }
+
+    #[tokio::test]
+    async fn the_accepting_lane_polls_for_the_next_connection_only_once_it_has_none_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listeners = [&listener, &other];
+        let limit = Duration::from_micros(MAX_BUSY_POLL_MICROS);
+        let polling = Polling::new(limit, 2);
+        let lane = Tally::default();
+        let _client = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
+
+        let Accepted::Sleep(asleep) = polling.accept(&lane, &listeners) else {
+            panic!("a lane that has learned nothing yet does not poll");
+        };
+        assert!(asleep.since().is_some(), "but it times the wait");
+        polling.slept_accept(&lane, asleep);
+        assert_eq!(lane.budgets().get(Wait::Accept), limit / 8);
+
+        let seats = Seat::on_one_lane(1);
+        let open = seats[0].tally();
+        assert!(
+            matches!(
+                polling.accept(open, &listeners),
+                Accepted::Sleep(Asleep(None))
+            ),
+            "a lane with an open connection does not poll"
+        );
+
+        let got = polling.accept(&lane, &listeners);
+        let Accepted::Got(Ok((stream, 1))) = got else {
+            panic!("the connection on the second listener: {got:?}");
+        };
+        assert_eq!(stream.local_addr().unwrap(), other.local_addr().unwrap());
+        assert!(
+            Turn::take(&polling.busy).is_some(),
+            "the poll gave its turn back"
+        );
+
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            polling.accept(&lane, &listeners),
+            Accepted::Sleep(Asleep(Some(_)))
+        ));
+        assert!(
+            start.elapsed() >= limit / 8,
+            "nothing more came within the budget"
+        );
     }
 }

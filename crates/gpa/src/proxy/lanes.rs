@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::busy_poll::Budgets;
 
@@ -71,6 +71,11 @@ impl Lanes {
         &self.accepting.handle
     }
 
+    /// The accepting lane's tally.
+    pub(super) fn accepting_tally(&self) -> &Tally {
+        &self.accepting.tally
+    }
+
     /// The lane a new connection goes to: the fewest open connections, the accepting lane on a tie.
     pub(super) fn pick(&self) -> Placed<'_> {
         let mut placed = Placed {
@@ -113,15 +118,26 @@ impl Placed<'_> {
 
 /// What a lane keeps: its open connections, and what it learned of how long their waits last.
 #[derive(Debug, Default)]
-struct Tally {
+pub(super) struct Tally {
     /// Connections placed on this lane and not yet ended.
     open: AtomicUsize,
     budgets: Budgets,
+    /// Told when the last open connection ends.
+    idle: Notify,
 }
 
 impl Tally {
-    fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// Done once the lane has had no open connection since the last call (at once if it had then).
+    pub(super) async fn idle(&self) {
+        self.idle.notified().await;
     }
 }
 
@@ -139,6 +155,12 @@ impl Seat {
         &self.0.budgets
     }
 
+    /// The lane's tally.
+    #[cfg(test)]
+    pub(super) fn tally(&self) -> &Tally {
+        &self.0
+    }
+
     /// `n` seats on one lane of their own, outside any runtime.
     #[cfg(test)]
     pub(super) fn on_one_lane(n: usize) -> Vec<Seat> {
@@ -150,7 +172,9 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_one();
+        }
     }
 }
 
@@ -276,5 +300,17 @@ mod tests {
             gone.recv_timeout(STEP)
                 .expect("a lane's task is dropped with the lane");
         }
+    }
+
+    #[tokio::test]
+    async fn a_lane_is_told_when_its_last_connection_ends() {
+        let mut seats = Seat::on_one_lane(2);
+        let tally = seats[0].0.clone();
+        drop(seats.pop());
+        let early = timeout(Duration::from_millis(20), tally.idle()).await;
+        assert!(early.is_err(), "one connection is still open");
+        drop(seats.pop());
+        let told = timeout(Duration::from_secs(5), tally.idle()).await;
+        assert!(told.is_ok(), "the last one ended");
     }
 }

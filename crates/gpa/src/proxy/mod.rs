@@ -55,6 +55,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
+use self::busy_poll::{Accepted, Asleep};
 use self::lanes::Lanes;
 use crate::config::EndpointAddrs;
 use crate::identity::IdentityError;
@@ -238,12 +239,35 @@ impl Accepting {
                 (std::net::Ipv6Addr::LOCALHOST, shared.listen.port()).into(),
             )
         });
+        let lane = self.lanes.accepting_tally();
+        let mut waiting = Asleep::default();
         loop {
             let accepted = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 r = v4.accept() => r,
                 r = accept_opt(v6.as_ref()) => r,
+                // The lane's last connection ended: the next one may come soon (a client that reconnects).
+                () = lane.idle() => {
+                    let listeners: Vec<&TcpListener> = std::iter::once(v4.listener)
+                        .chain(v6.as_ref().map(|l| l.listener))
+                        .collect();
+                    match shared.polling.accept(lane, &listeners) {
+                        Accepted::Got(Ok((stream, 0))) => v4.polled(stream),
+                        Accepted::Got(Ok((stream, _))) => match v6.as_ref() {
+                            Some(v6) => v6.polled(stream),
+                            None => v4.polled(stream),
+                        },
+                        Accepted::Got(Err(e)) => Err(e),
+                        Accepted::Sleep(asleep) => {
+                            waiting = asleep;
+                            continue;
+                        }
+                    }
+                }
             };
+            shared
+                .polling
+                .slept_accept(lane, std::mem::take(&mut waiting));
             let (stream, peer, local) = match accepted {
                 Ok(pair) => {
                     backoff = limits::ACCEPT_BACKOFF_MIN;
@@ -345,6 +369,19 @@ impl<'a> Listening<'a> {
     /// The next connection, `TCP_NODELAY` on, with its peer and local addresses.
     async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
         let (stream, peer) = self.listener.accept().await?;
+        Ok(self.accepted(stream, peer))
+    }
+
+    /// A connection accepted while polling (non-blocking), registered with this lane's reactor.
+    fn polled(
+        &self,
+        stream: std::net::TcpStream,
+    ) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+        let peer = stream.peer_addr()?;
+        Ok(self.accepted(TcpStream::from_std(stream)?, peer))
+    }
+
+    fn accepted(&self, stream: TcpStream, peer: SocketAddr) -> (TcpStream, SocketAddr, SocketAddr) {
         if !self.nodelay_inherited {
             let _ = stream.set_nodelay(true);
         }
@@ -352,7 +389,7 @@ impl<'a> Listening<'a> {
             Some(local) => local,
             None => stream.local_addr().unwrap_or(self.bound),
         };
-        Ok((stream, peer, local))
+        (stream, peer, local)
     }
 
     /// The local address of every connection, when the listener is bound to one address (not a wildcard, whose
