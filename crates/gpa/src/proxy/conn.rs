@@ -64,7 +64,9 @@ pub(super) struct Conn {
     /// The one timer of every wait of this connection.
     pub(super) timer: Timer,
     stop: Watch,
-    /// The connection's place under the cap (spec §8.4) and on its lane: given back when the connection ends.
+    /// The connection's place under the cap (spec §8.4) and on its lane: given back when the connection ends. In
+    /// this order: the permit is back before the seat tells the accepting lane it is idle, and a connection it
+    /// then polls for is not refused for the place that just ended.
     pub(super) places: (OwnedSemaphorePermit, Seat),
 }
 

@@ -135,7 +135,8 @@ impl Tally {
         &self.budgets
     }
 
-    /// Done once the lane has had no open connection since the last call (at once if it had then).
+    /// Done once the lane's count of open connections has fallen to none since the last wait that was done
+    /// (several such falls make one). A lane that has had no connection yet is never told.
     pub(super) async fn idle(&self) {
         self.idle.notified().await;
     }

@@ -240,6 +240,8 @@ impl Accepting {
             )
         });
         let lane = self.lanes.accepting_tally();
+        let listenings: Vec<&Listening<'_>> = std::iter::once(&v4).chain(v6.as_ref()).collect();
+        let listeners: Vec<&TcpListener> = listenings.iter().map(|l| l.listener).collect();
         let mut waiting = Asleep::default();
         loop {
             let accepted = tokio::select! {
@@ -248,28 +250,29 @@ impl Accepting {
                 r = accept_opt(v6.as_ref()) => r,
                 // The lane's last connection ended: the next one may come soon (a client that reconnects).
                 () = lane.idle() => {
-                    let listeners: Vec<&TcpListener> = std::iter::once(v4.listener)
-                        .chain(v6.as_ref().map(|l| l.listener))
-                        .collect();
                     match shared.polling.accept(lane, &listeners) {
-                        Accepted::Got(Ok((stream, 0))) => v4.polled(stream),
-                        Accepted::Got(Ok((stream, _))) => match v6.as_ref() {
-                            Some(v6) => v6.polled(stream),
-                            None => v4.polled(stream),
+                        Accepted::Got(Ok((stream, i))) => match listenings.get(i).map(|l| l.polled(stream)) {
+                            Some(Some(accepted)) => Ok(accepted),
+                            // Reset before it was accepted: nothing to answer, and no record is taken for it (a
+                            // new client at its address keeps its own for its own connection).
+                            Some(None) | None => continue,
                         },
                         Accepted::Got(Err(e)) => Err(e),
                         Accepted::Sleep(asleep) => {
-                            waiting = asleep;
+                            if asleep.since().is_some() {
+                                waiting = asleep;
+                            }
                             continue;
                         }
                     }
                 }
             };
-            shared
-                .polling
-                .slept_accept(lane, std::mem::take(&mut waiting));
             let (stream, peer, local) = match accepted {
                 Ok(pair) => {
+                    // Only a wait that ended in a connection says how long the lane waits for one.
+                    shared
+                        .polling
+                        .slept_accept(lane, std::mem::take(&mut waiting));
                     backoff = limits::ACCEPT_BACKOFF_MIN;
                     pair
                 }
@@ -372,13 +375,17 @@ impl<'a> Listening<'a> {
         Ok(self.accepted(stream, peer))
     }
 
-    /// A connection accepted while polling (non-blocking), registered with this lane's reactor.
-    fn polled(
-        &self,
-        stream: std::net::TcpStream,
-    ) -> std::io::Result<(TcpStream, SocketAddr, SocketAddr)> {
-        let peer = stream.peer_addr()?;
-        Ok(self.accepted(TcpStream::from_std(stream)?, peer))
+    /// A connection accepted while polling (non-blocking), registered with this lane's reactor; `None` if it was
+    /// reset before (no peer any more) or cannot be registered.
+    fn polled(&self, stream: std::net::TcpStream) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
+        let peer = stream.peer_addr().ok()?;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => Some(self.accepted(stream, peer)),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot register a polled connection; closing it");
+                None
+            }
+        }
     }
 
     fn accepted(&self, stream: TcpStream, peer: SocketAddr) -> (TcpStream, SocketAddr, SocketAddr) {
