@@ -26,6 +26,7 @@
 //! This module must never poll while another connection shares the lane, leave the agent's polling turn taken,
 //! or read into no room.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::lanes::{Seat, Tally};
+use super::timer::{Deadline, Timer};
 use crate::config::MAX_BUSY_POLL_MICROS;
 
 /// The proxy's polling: the longest any wait polls, and whether a connection is polling now.
@@ -102,37 +104,54 @@ impl Polling {
     pub(crate) fn limit(&self) -> Duration {
         self.limit
     }
-}
 
-impl Polling {
+    /// The one gate of every poll: `attempt` runs with the budget that `budgets` hold for `wait`, if polling is
+    /// on, the waiter `may` poll, the budget is not none, and the agent's turn is free. A wait that does not poll
+    /// only because its budget is none is still timed.
+    fn poll<T>(
+        &self,
+        budgets: &Budgets,
+        wait: Wait,
+        may: bool,
+        attempt: impl FnOnce(Duration) -> Option<T>,
+    ) -> Result<T, Asleep> {
+        if self.limit.is_zero() || !may {
+            return Err(Asleep(None));
+        }
+        let budget = budgets.get(wait);
+        if budget.is_zero() {
+            // Not polling, but timing the wait: a short one turns polling on.
+            return Err(Asleep(Some(Instant::now())));
+        }
+        let Some(_turn) = Turn::take(&self.busy) else {
+            return Err(Asleep(None));
+        };
+        let start = Instant::now();
+        attempt(budget).ok_or(Asleep(Some(start)))
+    }
+
+    /// Learns from a wait that polling did not end, once the reactor has ended it.
+    fn learn(&self, budgets: &Budgets, wait: Wait, asleep: Asleep) {
+        if let Asleep(Some(since)) = asleep {
+            budgets.learn(wait, since.elapsed(), self.limit);
+        }
+    }
+
     /// Accepts on `listeners` without waiting, until a connection comes or the accepting lane's budget is spent,
     /// if the lane has no open connection.
     pub(super) fn accept(&self, lane: &Tally, listeners: &[&TcpListener]) -> Accepted {
-        if self.limit.is_zero() || lane.open() != 0 {
-            return Accepted::Sleep(Asleep(None));
-        }
-        let budget = lane.budgets().get(Wait::Accept);
-        if budget.is_zero() {
-            return Accepted::Sleep(Asleep(Some(Instant::now())));
-        }
-        let Some(turn) = Turn::take(&self.busy) else {
-            return Accepted::Sleep(Asleep(None));
-        };
-        let start = Instant::now();
-        let accepted = accept_within(listeners, budget);
-        drop(turn);
-        match accepted {
-            Some(result) => Accepted::Got(result),
-            None => Accepted::Sleep(Asleep(Some(start))),
+        let idle = lane.open() == 0;
+        match self.poll(lane.budgets(), Wait::Accept, idle, |budget| {
+            accept_within(listeners, budget)
+        }) {
+            Ok(result) => Accepted::Got(result),
+            Err(asleep) => Accepted::Sleep(asleep),
         }
     }
 
     /// Learns from a wait for a connection that polling did not end, once the reactor has ended it.
     pub(super) fn slept_accept(&self, lane: &Tally, asleep: Asleep) {
-        if let Asleep(Some(since)) = asleep {
-            lane.budgets()
-                .learn(Wait::Accept, since.elapsed(), self.limit);
-        }
+        self.learn(lane.budgets(), Wait::Accept, asleep);
     }
 }
 
@@ -172,32 +191,38 @@ impl<'a> Poller<'a> {
         stream: &TcpStream,
         buf: impl FnOnce() -> &'b mut BytesMut,
     ) -> Polled {
-        if self.polling.limit.is_zero() || !self.seat.alone() {
-            return Polled::Sleep(Asleep(None));
+        let budgets = self.seat.budgets();
+        match self
+            .polling
+            .poll(budgets, wait, self.seat.alone(), |budget| {
+                read_within(stream, buf(), budget)
+            }) {
+            Ok(result) => Polled::Read(result),
+            Err(asleep) => Polled::Sleep(asleep),
         }
-        let budget = self.seat.budgets().get(wait);
-        if budget.is_zero() {
-            // Not polling, but timing the wait: a short one turns polling on.
-            return Polled::Sleep(Asleep(Some(Instant::now())));
+    }
+
+    /// Waits on the reactor for what polling did not get, within `deadline`, which counts from the start of the
+    /// poll; then learns how long the wait took.
+    pub(super) async fn sleep<F: Future>(
+        self,
+        wait: Wait,
+        asleep: Asleep,
+        timer: &mut Timer,
+        deadline: &mut Deadline,
+        read: F,
+    ) -> Option<F::Output> {
+        if let Some(since) = asleep.since() {
+            deadline.count_from(since);
         }
-        let Some(turn) = Turn::take(&self.polling.busy) else {
-            return Polled::Sleep(Asleep(None));
-        };
-        let start = Instant::now();
-        let read = read_within(stream, buf(), budget);
-        drop(turn);
-        match read {
-            Some(result) => Polled::Read(result),
-            None => Polled::Sleep(Asleep(Some(start))),
-        }
+        let read = timer.within(deadline, read).await;
+        self.slept(wait, asleep);
+        read
     }
 
     /// Learns from a wait that polling did not end, once the reactor has ended it.
     pub(super) fn slept(self, wait: Wait, asleep: Asleep) {
-        if let Asleep(Some(since)) = asleep {
-            let limit = self.polling.limit;
-            self.seat.budgets().learn(wait, since.elapsed(), limit);
-        }
+        self.polling.learn(self.seat.budgets(), wait, asleep);
     }
 }
 

@@ -275,13 +275,11 @@ impl Conn {
                     }
                     let mut idle = Deadline::After(self.shared.timeouts.idle);
                     let deadline = head.as_mut().unwrap_or(&mut idle);
-                    if let Some(since) = asleep.since() {
-                        deadline.count_from(since);
-                    }
                     let read = read_some(&mut self.client, &mut self.b, &mut self.stop);
-                    let read = self.timer.within(deadline, read).await;
-                    Poller::new(&self.shared.polling, &self.places.1).slept(Wait::Request, asleep);
-                    read
+                    let wait = Wait::Request;
+                    poller
+                        .sleep(wait, asleep, &mut self.timer, deadline, read)
+                        .await
                 }
             };
             match read {

@@ -251,11 +251,11 @@ impl Accepting {
                 // The lane's last connection ended: the next one may come soon (a client that reconnects).
                 () = lane.idle() => {
                     match shared.polling.accept(lane, &listeners) {
-                        Accepted::Got(Ok((stream, i))) => match listenings.get(i).map(|l| l.polled(stream)) {
-                            Some(Some(accepted)) => Ok(accepted),
+                        Accepted::Got(Ok((stream, i))) => match listenings.get(i).and_then(|l| l.polled(stream)) {
+                            Some(accepted) => Ok(accepted),
                             // Reset before it was accepted: nothing to answer, and no record is taken for it (a
                             // new client at its address keeps its own for its own connection).
-                            Some(None) | None => continue,
+                            None => continue,
                         },
                         Accepted::Got(Err(e)) => Err(e),
                         Accepted::Sleep(asleep) => {

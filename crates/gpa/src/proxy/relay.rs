@@ -281,13 +281,12 @@ pub(super) async fn relay(
         let read = match polled {
             Polled::Read(read) => Some(read),
             Polled::Sleep(asleep) => {
-                if let Some(since) = asleep.since() {
-                    deadline.count_from(since);
-                }
                 let read = up.stream.read_buf(buf);
-                let read = client.timer.within(&mut deadline, read).await;
-                client.poller.slept(Wait::Response, asleep);
-                read
+                let (wait, timer) = (Wait::Response, &mut *client.timer);
+                client
+                    .poller
+                    .sleep(wait, asleep, timer, &mut deadline, read)
+                    .await
             }
         };
         match read {
