@@ -230,10 +230,10 @@ impl Conn {
     /// Waits for a complete head (spec §8.4): from the accept for the first request, from its first byte for
     /// later ones, after at most the idle timeout of silence. A stop of the proxy closes a connection waiting here.
     async fn read_head(&mut self) -> HeadRead {
-        let mut head = self
-            .accepted_at
-            .take()
-            .map(|at| Deadline::At(after(at, self.shared.timeouts.head)));
+        let accepted = self.accepted_at.take();
+        // The connection's first request: the lane's reactor has just run (it accepted the connection).
+        let first = accepted.is_some();
+        let mut head = accepted.map(|at| Deadline::At(after(at, self.shared.timeouts.head)));
         let mut scanned = 0;
         loop {
             if !self.b.rbuf.is_empty() {
@@ -253,7 +253,7 @@ impl Conn {
             let poller = Poller::new(&self.shared.polling, &self.places.1);
             // Only a head's first bytes are polled for; the rest comes under the head's deadline.
             let polled = if self.b.rbuf.is_empty() {
-                if poller.polls(Wait::Request) {
+                if !first && poller.polls(Wait::Request) {
                     // What a sleep would do first: the lane's reactor and its other tasks run (the accept loop on
                     // lane 0, a close the host sent). The client is still reading the last response meanwhile.
                     tokio::task::yield_now().await;

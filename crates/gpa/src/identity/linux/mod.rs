@@ -15,7 +15,7 @@ use msp_core::claims::UNDEFINED;
 use msp_core::redact::escape_control;
 
 use self::nss::{Nss, UserFacts};
-use self::procfs::{Exe, FdinfoDir, ProcDir};
+use self::procfs::{Exe, FdinfoDir, FileId, ProcDir};
 use crate::identity::cache::TtlCache;
 use crate::identity::{IdentityError, StaleReason, format_cmdline};
 use crate::redirect::{ConnRecord, ExeId};
@@ -40,8 +40,8 @@ pub struct IdentityResolver {
 
 /// How long the executable path and command line read for one process instance running one executable are
 /// reused for its later connections. Every connection still proves that the recorded instance is alive and runs
-/// that same file (mount and inode): the cache keeps the instance's `/proc/<pid>` directory, checked against the
-/// recorded start time when it was opened, through which nothing opens once the process is gone, whatever
+/// that same file (device and inode): the cache keeps the instance's `/proc/<pid>` directory, checked against the
+/// recorded start time when it was opened, through which nothing resolves once the process is gone, whatever
 /// process has its pid by then. Only the path lookup, the mount table and the command line are skipped. A process
 /// that rewrites its own argv shows the old command line for at most this long (it is informative: no selector
 /// matches on it, spec §4.4).
@@ -76,8 +76,8 @@ impl InstanceKey {
 struct ProcFacts {
     /// The instance's `/proc/<pid>`, shown to be the recorded instance when it was opened.
     dir: ProcDir,
-    /// Mount id and inode of the verified live executable, when there was one.
-    exe: Option<(u64, u64)>,
+    /// The verified live executable's identity (device and inode, as `stat` reports them), when there was one.
+    exe: Option<FileId>,
     full_path: Arc<str>,
     process_name: Arc<str>,
     cmdline: Arc<str>,
@@ -181,8 +181,9 @@ impl IdentityResolver {
         lock(&self.instances).get(&key, now)
     }
 
-    /// The cached facts hold while their process is alive (its directory still opens `exe`) and still runs the
-    /// executable they were read for.
+    /// The cached facts hold while their process is alive (its directory still leads to `exe`) and still runs the
+    /// executable they were read for. One `fstatat` per connection: the check every connection of a cached
+    /// instance pays, on its way to the upstream.
     fn still_running(
         &self,
         record: &ConnRecord,
@@ -192,13 +193,11 @@ impl IdentityResolver {
             pid: record.tgid,
             reason,
         };
-        let live = facts
-            .dir
-            .exe(&self.fdinfo)
-            .map_err(|e| stale(vanished(&e)))?;
-        match &facts.exe {
-            Some(exe) if live.mnt_id() == exe.0 && live.ino() == exe.1 => Ok(facts),
-            _ => Err(stale(StaleReason::ExecutableChanged)),
+        let live = facts.dir.exe_id().map_err(|e| stale(vanished(&e)))?;
+        if facts.exe == Some(live) {
+            Ok(facts)
+        } else {
+            Err(stale(StaleReason::ExecutableChanged))
         }
     }
 
@@ -228,6 +227,9 @@ impl IdentityResolver {
             Ok((raw, truncated)) => format_cmdline(&raw, truncated),
             Err(_) => UNDEFINED.to_owned(),
         };
+        // The identity later connections check (`still_running`), taken before the look below: should the process
+        // run another program by then, the check fails then, and the facts are not cached at all if it fails now.
+        let id = exe.as_ref().and_then(|_| proc_dir.exe_id().ok());
         // The process may have called execve while we read: the path and command line would then describe the
         // new program. Look once more.
         if let Some(first) = &exe {
@@ -245,7 +247,7 @@ impl IdentityResolver {
             .unwrap_or_default();
         let facts = Arc::new(ProcFacts {
             dir: proc_dir,
-            exe: exe.as_ref().map(|e| (e.mnt_id(), e.ino())),
+            exe: id,
             full_path: full_path.into(),
             process_name: process_name.into(),
             cmdline: cmdline.into(),

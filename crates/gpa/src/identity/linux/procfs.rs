@@ -7,8 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, fstatat};
 
 use crate::identity::stat_start_ticks;
 use crate::redirect::ExeId;
@@ -24,6 +25,14 @@ const MOUNTINFO_READ_MAX: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub(super) struct ProcDir {
     dir: OwnedFd,
+}
+
+/// A file's identity as `stat` reports it: its device and inode, unique while the file exists (an overlay
+/// reports each layer's own device for its files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
 }
 
 /// The executable a process runs, opened (`O_PATH`) so that its identity and path describe one file.
@@ -83,6 +92,17 @@ impl ProcDir {
             mnt_id: field("mnt_id:")?,
             ino: field("ino:")?,
             file,
+        })
+    }
+
+    /// The identity of the executable that `/proc/<pid>/exe` leads to, in one `fstatat` that follows the link and
+    /// opens nothing: one system call where [`exe`](Self::exe) takes six. It fails like `exe` once the process is
+    /// gone.
+    pub(super) fn exe_id(&self) -> io::Result<FileId> {
+        let stat = fstatat(&self.dir, "exe", AtFlags::empty())?;
+        Ok(FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
         })
     }
 
@@ -150,10 +170,6 @@ impl Exe {
         self.mnt_id
     }
 
-    pub(super) fn ino(&self) -> u64 {
-        self.ino
-    }
-
     /// The path of the opened file, as `/proc/<pid>/exe` shows it: a path in the *caller's* mount namespace.
     pub(super) fn path(&self) -> io::Result<PathBuf> {
         std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
@@ -183,4 +199,48 @@ fn read_bounded(file: File, limit: usize) -> io::Result<(Vec<u8>, bool)> {
     let truncated = buf.len() > limit;
     buf.truncate(limit);
     Ok((buf, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    #[test]
+    fn exe_id_names_the_running_executable_and_fails_once_the_process_is_gone() {
+        // `spawn` returns once the child has executed `sleep`.
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep runs");
+        let dir = ProcDir::open(child.id()).expect("the child's /proc directory");
+        let sleep = std::fs::metadata(format!("/proc/{}/exe", child.id())).expect("stat of sleep");
+        let id = dir.exe_id().expect("the child is alive");
+        assert_eq!(
+            id,
+            FileId {
+                dev: sleep.dev(),
+                ino: sleep.ino()
+            }
+        );
+        let own = ProcDir::open(std::process::id()).and_then(|d| d.exe_id());
+        assert_ne!(
+            own.expect("our own executable"),
+            id,
+            "another program, another id"
+        );
+
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+        let gone = dir
+            .exe_id()
+            .expect_err("nothing resolves through a dead process's directory");
+        // What the identity resolver reads as "exited".
+        assert!(
+            matches!(gone.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)),
+            "{gone}"
+        );
+    }
 }
