@@ -396,7 +396,19 @@ async fn connections_made_one_after_another_are_each_attributed_and_served() {
             let who = if i % 2 == 0 { Who::Root } else { Who::User };
             let mut s = t.connect(h, who).await;
             exchange(&mut s, &format!("/metadata/{busy_poll_us}/{i}"), h, false).await;
+            if i == 29 {
+                // The last client says it is done and waits: the agent closes its side too, whether or not a
+                // next connection comes.
+                s.shutdown().await.unwrap();
+                assert!(closed(&mut s).await, "{busy_poll_us} µs: the agent closes");
+            }
         }
+        // Each connection's upstream connection closes once its client has gone, the last one included.
+        assert_eq!(
+            t.recorder.wait_ended(30).await,
+            30,
+            "{busy_poll_us} µs: upstream connections closed"
+        );
         let recorded = t.recorder.recorded();
         assert_eq!(recorded.len(), 30, "{busy_poll_us} µs");
         for (i, r) in recorded.iter().enumerate() {

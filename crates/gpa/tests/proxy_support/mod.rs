@@ -161,6 +161,8 @@ pub enum Reply {
 pub struct Recorder {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
+    /// Connections whose other side closed, or that the recorder closed after its reply.
+    pub ended: Arc<AtomicUsize>,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     pub reply: Arc<Mutex<Reply>>,
     task: tokio::task::JoinHandle<()>,
@@ -180,18 +182,29 @@ impl Recorder {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let reply = Arc::new(Mutex::new(Reply::Bytes(OK_REPLY.to_vec())));
-        let (c, r, p) = (connections.clone(), requests.clone(), reply.clone());
+        let (c, e, r, p) = (
+            connections.clone(),
+            ended.clone(),
+            requests.clone(),
+            reply.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_recorded(stream, r.clone(), p.clone()));
+                let (e, r, p) = (e.clone(), r.clone(), p.clone());
+                tokio::spawn(async move {
+                    serve_recorded(stream, r, p).await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Recorder {
             addr,
             connections,
+            ended,
             requests,
             reply,
             task,
@@ -204,6 +217,18 @@ impl Recorder {
 
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to the step timeout until `n` connections have ended; how many had then.
+    pub async fn wait_ended(&self, n: usize) -> usize {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let ended = self.ended.load(Ordering::SeqCst);
+            if ended >= n || tokio::time::Instant::now() >= deadline {
+                return ended;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {
