@@ -143,7 +143,7 @@ impl IdentityResolver {
 
     /// [`claims`](IdentityResolver::claims) from the caches alone, without blocking: `None` when the instance's
     /// `/proc` facts or the NSS answers are not cached (the caller then runs `claims` on a blocking thread). On a
-    /// hit it still checks, through the instance's kept `/proc/<pid>` directory and the executable's `fdinfo`, that
+    /// hit it still checks, with one `fstatat` of `exe` through the instance's kept `/proc/<pid>` directory, that
     /// the recorded instance is alive and runs the same file (spec §6, conf 64, catalog C3).
     pub fn cached_claims(
         &self,
@@ -214,22 +214,24 @@ impl IdentityResolver {
             reason,
         };
         let exe = self.verified_exe(&proc_dir, record).map_err(stale)?;
+        // The verified file's own identity, from its open descriptor: what later connections compare with
+        // (`still_running`). Not a second look through `/proc`, which a process that runs another program in
+        // between and then this one again would answer with the other's.
+        let id = exe.as_ref().and_then(|e| e.id().ok());
         // The path counts only when it names the same file here: else it is "unavailable" (empty, spec §6), so
         // no `exePath` or `processName` selector can match an impostor (catalog C3).
         // Control characters are escaped here, at the source, so a file name cannot forge a log line, a summary
         // or an event wherever the claims go (spec §11.4, catalog F2); a real exePath never holds one.
         let full_path = exe
             .as_ref()
-            .and_then(|e| e.path().ok().filter(|p| e.is_at(p)))
+            .zip(id)
+            .and_then(|(e, id)| e.path().ok().filter(|p| id.is_at(p)))
             .map(|p| escape_control(&p.to_string_lossy()));
         let cmdline = match proc_dir.cmdline() {
             Ok((raw, _)) if raw.is_empty() => UNDEFINED.to_owned(),
             Ok((raw, truncated)) => format_cmdline(&raw, truncated),
             Err(_) => UNDEFINED.to_owned(),
         };
-        // The identity later connections check (`still_running`), taken before the look below: should the process
-        // run another program by then, the check fails then, and the facts are not cached at all if it fails now.
-        let id = exe.as_ref().and_then(|_| proc_dir.exe_id().ok());
         // The process may have called execve while we read: the path and command line would then describe the
         // new program. Look once more.
         if let Some(first) = &exe {

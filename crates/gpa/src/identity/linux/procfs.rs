@@ -27,8 +27,9 @@ pub(super) struct ProcDir {
     dir: OwnedFd,
 }
 
-/// A file's identity as `stat` reports it: its device and inode, unique while the file exists (an overlay
-/// reports each layer's own device for its files).
+/// A file's identity as `stat` reports it: its device and inode. Two files that exist at once differ in one of
+/// them on every local file system (an overlay reports its own device, or, over layers on different file
+/// systems without `xino`, each layer's); a network or FUSE file system reports what its server says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FileId {
     dev: u64,
@@ -175,15 +176,23 @@ impl Exe {
         std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
-    /// Whether `path`, looked up in the agent's own mount namespace, is this very file (same device and inode).
+    /// The identity of this very file, as [`ProcDir::exe_id`] reports the file a process runs: both `stat` the
+    /// same open path.
+    pub(super) fn id(&self) -> io::Result<FileId> {
+        let stat = nix::sys::stat::fstat(&self.file)?;
+        Ok(FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+}
+
+impl FileId {
+    /// Whether `path`, looked up in the agent's own mount namespace, is this file (same device and inode).
     /// `/proc/<pid>/exe` reads as the path in the caller's mount namespace, where a bind mount (which an
     /// unprivileged user can make in a user + mount namespace) puts any binary at an allowed path (catalog C3).
-    pub(super) fn is_at(&self, path: &Path) -> bool {
-        let (Ok(here), Ok(live)) = (std::fs::metadata(path), nix::sys::stat::fstat(&self.file))
-        else {
-            return false;
-        };
-        here.dev() == live.st_dev && here.ino() == live.st_ino
+    pub(super) fn is_at(self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|here| here.dev() == self.dev && here.ino() == self.ino)
     }
 }
 
@@ -208,7 +217,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exe_id_names_the_running_executable_and_fails_once_the_process_is_gone() {
+    fn exe_id_names_the_running_executable_as_its_opened_file_does_and_fails_once_the_process_is_gone()
+     {
         // `spawn` returns once the child has executed `sleep`.
         let mut child = Command::new("sleep")
             .arg("30")
@@ -225,6 +235,9 @@ mod tests {
                 ino: sleep.ino()
             }
         );
+        // The same numbers as the opened executable's own: what the facts are cached with.
+        let opened = dir.exe(&FdinfoDir::open()).and_then(|e| e.id());
+        assert_eq!(opened.expect("the opened executable"), id);
         let own = ProcDir::open(std::process::id()).and_then(|d| d.exe_id());
         assert_ne!(
             own.expect("our own executable"),
