@@ -244,7 +244,6 @@ impl Accepting {
         let listeners: Vec<&TcpListener> = listenings.iter().map(|l| l.listener).collect();
         let mut waiting = Asleep::default();
         loop {
-            let mut polled = false;
             let accepted = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 r = v4.accept() => r,
@@ -253,10 +252,7 @@ impl Accepting {
                 () = lane.idle() => {
                     match shared.polling.accept(lane, &listeners) {
                         Accepted::Got(Ok((stream, i))) => match listenings.get(i).and_then(|l| l.polled(stream)) {
-                            Some(accepted) => {
-                                polled = true;
-                                Ok(accepted)
-                            }
+                            Some(accepted) => Ok(accepted),
                             // Reset before it was accepted: nothing to answer, and no record is taken for it (a
                             // new client at its address keeps its own for its own connection).
                             None => continue,
@@ -297,14 +293,7 @@ impl Accepting {
                 at: Instant::now(),
             };
             match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    self.place(stream, at, permit);
-                    if polled {
-                        // The lane had nothing else to do: the connection is served first, and the listeners are
-                        // looked at again (an accept that finds nothing) once it waits.
-                        tokio::task::yield_now().await;
-                    }
-                }
+                Ok(permit) => self.place(stream, at, permit),
                 Err(_) => {
                     tracing::warn!(%peer, "connection cap reached; answering 503 OVERLOADED");
                     if let Ok(answering) = self.overload.clone().try_acquire_owned() {
