@@ -11,16 +11,16 @@
 //!
 //! So a connection that is alone on its lane reads its socket without waiting, again and again, for at most its
 //! lane's *budget* for that wait, and only then sleeps. The accepting lane does the same for the next
-//! connection once its last connection has ended (a client that reconnects for each request). Only a wait's first bytes are polled for (the rest of a
-//! head comes under the wait's deadline, which counts from the start of the poll). Bounds, so that polling does
-//! not take what others need:
+//! connection once its last connection has ended (a client that reconnects for each request). Only a wait's
+//! first bytes are polled for (the rest of a head comes under the wait's deadline, which counts from the start
+//! of the poll). Bounds, so that polling does not take what others need:
 //! - at most one connection of the whole agent polls at a time (one vCPU), and none on a single CPU;
 //! - never while another connection shares the lane, and the accepting lane polls for a connection only while it
 //!   has none open: a poll holds the lane's thread (on lane 0 it delays the accept loop by at most the budget; on
 //!   the fallback lane, the agent's own runtime, it holds one of its workers);
 //! - each budget follows how long that wait lasted lately, like the kernel's halt polling: a wait that a poll of
-//!   the limit would have caught raises the budget to the limit, a wait that outlasted the limit halves it, and
-//!   below an eighth of the limit it is none. A lane whose peer answers slowly (a remote host) or whose clients
+//!   the limit would have caught doubles the budget (from an eighth of the limit, up to the limit), a wait that
+//!   outlasted the limit halves it, and below an eighth of the limit it is none. A lane whose peer answers slowly (a remote host) or whose clients
 //!   pause between requests stops polling after a few waits, and still times its waits to start again.
 //!
 //! This module must never poll while another connection shares the lane, leave the agent's polling turn taken,
