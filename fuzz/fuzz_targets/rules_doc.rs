@@ -12,7 +12,7 @@ fn claims(root: bool) -> Claims {
     Claims {
         user_id: if root { 0 } else { 1000 },
         user_name: if root { "root".into() } else { "app".into() },
-        user_groups: vec!["adm".into()],
+        user_groups: ["adm".to_owned()].into(),
         process_id: 42,
         process_name: "curl".into(),
         process_full_path: "/usr/bin/curl".into(),

@@ -27,15 +27,18 @@
 //! or read into no room.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::lanes::{Seat, Tally};
-use super::timer::{Deadline, Timer};
+use super::timer::{Deadline, Timer, Within};
 use crate::config::MAX_BUSY_POLL_MICROS;
 
 /// The proxy's polling: the longest any wait polls, and whether a connection is polling now.
@@ -204,25 +207,50 @@ impl<'a> Poller<'a> {
 
     /// Waits on the reactor for what polling did not get, within `deadline`, which counts from the start of the
     /// poll; then learns how long the wait took.
-    pub(super) async fn sleep<F: Future>(
+    pub(super) fn sleep<'t, F: Future>(
         self,
         wait: Wait,
         asleep: Asleep,
-        timer: &mut Timer,
-        deadline: &mut Deadline,
+        timer: &'t mut Timer,
+        deadline: &'t mut Deadline,
         read: F,
-    ) -> Option<F::Output> {
+    ) -> Slept<'a, 't, F> {
         if let Some(since) = asleep.since() {
             deadline.count_from(since);
         }
-        let read = timer.within(deadline, read).await;
-        self.slept(wait, asleep);
-        read
+        Slept {
+            within: timer.within(deadline, read),
+            learn: Some((self, wait, asleep)),
+        }
     }
 
     /// Learns from a wait that polling did not end, once the reactor has ended it.
     pub(super) fn slept(self, wait: Wait, asleep: Asleep) {
         self.polling.learn(self.seat.budgets(), wait, asleep);
+    }
+}
+
+pin_project! {
+    /// [`Poller::sleep`]'s wait: a named future, so that the read is held once (an idle keep-alive connection
+    /// holds this wait for as long as it stays open).
+    pub(super) struct Slept<'a, 't, F> {
+        #[pin]
+        within: Within<'t, F>,
+        // Taken when the wait ends, to learn from it once.
+        learn: Option<(Poller<'a>, Wait, Asleep)>,
+    }
+}
+
+impl<F: Future> Future for Slept<'_, '_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let read = ready!(this.within.poll(cx));
+        if let Some((poller, wait, asleep)) = this.learn.take() {
+            poller.slept(wait, asleep);
+        }
+        Poll::Ready(read)
     }
 }
 

@@ -311,32 +311,23 @@ impl Accepting {
     fn place(&self, stream: TcpStream, at: conn::Accepted, permit: OwnedSemaphorePermit) {
         let shared = self.shared.clone();
         let placed = self.lanes.pick();
-        if placed.index == 0 {
-            placed.spawn(|seat| {
-                let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
-                self.tracker.track_future(conn::serve(conn))
-            });
-            return;
-        }
-        let moved = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(peer = %at.peer, error = %e, "cannot move a connection to its lane; closing it");
-                return;
-            }
-        };
+        let moves = placed.index != 0;
+        // Made in the lane's context: its socket and its timer belong to the lane's reactor from the start, and the
+        // task of a connection is the same on every lane.
         placed.spawn(|seat| {
-            self.tracker.track_future(async move {
-                match TcpStream::from_std(moved) {
-                    Ok(stream) => {
-                        let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
-                        conn::serve(conn).await;
-                    }
+            let stream = if moves {
+                match stream.into_std().and_then(TcpStream::from_std) {
+                    Ok(stream) => stream,
                     Err(e) => {
-                        tracing::warn!(peer = %at.peer, error = %e, "cannot serve a connection on its lane; closing it");
+                        tracing::warn!(peer = %at.peer, error = %e, "cannot move a connection to its lane; closing it");
+                        return None;
                     }
                 }
-            })
+            } else {
+                stream
+            };
+            let conn = conn::Conn::accepted(shared, stream, at, (permit, seat));
+            Some(self.tracker.track_future(conn::serve(conn)))
         });
     }
 }

@@ -11,11 +11,12 @@
 //! This module must never let a wait run past its deadline, or start counting a limit later than the moment its
 //! wait first had to wait.
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 /// When a wait gives up.
@@ -68,24 +69,17 @@ impl Timer {
 
     /// Runs `fut` until it is done, or until `deadline` passes (`None`). `fut` is polled first, so a future
     /// that is ready is never timed out.
-    pub(super) async fn within<F: Future>(
-        &mut self,
-        deadline: &mut Deadline,
+    pub(super) fn within<'t, F: Future>(
+        &'t mut self,
+        deadline: &'t mut Deadline,
         fut: F,
-    ) -> Option<F::Output> {
-        let mut fut = pin!(fut);
-        let mut armed = false;
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            if !armed {
-                armed = true;
-                self.0.as_mut().reset(deadline.fix());
-            }
-            self.0.as_mut().poll(cx).map(|()| None)
-        })
-        .await
+    ) -> Within<'t, F> {
+        Within {
+            fut,
+            timer: self,
+            deadline,
+            armed: false,
+        }
     }
 
     /// [`within`](Self::within) a limit counted from when `fut` first has to wait.
@@ -95,6 +89,34 @@ impl Timer {
         fut: F,
     ) -> Option<F::Output> {
         self.within(&mut Deadline::After(limit), fut).await
+    }
+}
+
+pin_project! {
+    /// [`Timer::within`]'s wait. A named future rather than an `async fn`, so that `fut` is held once: an idle
+    /// keep-alive connection's task holds this wait for as long as the connection stays open.
+    pub(super) struct Within<'t, F> {
+        #[pin]
+        fut: F,
+        timer: &'t mut Timer,
+        deadline: &'t mut Deadline,
+        armed: bool,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !*this.armed {
+            *this.armed = true;
+            this.timer.0.as_mut().reset(this.deadline.fix());
+        }
+        this.timer.0.as_mut().poll(cx).map(|()| None)
     }
 }
 
