@@ -139,7 +139,7 @@ fn init_tracing(config: &Config, events: &EventSink) {
     });
     let to_events = config
         .file_log_level_for_events
-        .map(|l| EventLayer::new(events.clone(), l.level()));
+        .map(|l| EventLayer::filtered(events.clone(), l.level()));
     tracing_subscriber::registry()
         .with(stderr)
         .with(file)

@@ -3,11 +3,16 @@
 //!
 //! Records that carry a `module` field were already emitted as events by their module and are skipped, so no
 //! event is sent twice. Messages are redacted when the event is built; this layer never blocks.
+//!
+//! The layer goes into the subscriber with its level as its own filter ([`EventLayer::filtered`]): a layer
+//! without one enables every callsite of every level, so each connection's debug span and each request's debug
+//! line would be built on the proxy's path for nothing.
 
 use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{Filtered, LevelFilter};
 use tracing_subscriber::layer::Context;
 
 use super::{EventLevel, EventSink};
@@ -22,6 +27,14 @@ pub struct EventLayer {
 impl EventLayer {
     pub fn new(sink: EventSink, min: tracing::Level) -> EventLayer {
         EventLayer { sink, min }
+    }
+
+    /// The layer filtered at `min`, as the agent's subscriber takes it (see the module's doc).
+    pub fn filtered<S: tracing::Subscriber>(
+        sink: EventSink,
+        min: tracing::Level,
+    ) -> Filtered<EventLayer, LevelFilter, S> {
+        EventLayer::new(sink, min).with_filter(LevelFilter::from_level(min))
     }
 }
 
@@ -111,5 +124,23 @@ mod tests {
         );
         assert_eq!(events[0].event_level, EventLevel::Warn);
         assert_eq!(events[1].event_level, EventLevel::Error);
+    }
+
+    /// As the agent composes it: records below the level are not enabled at all (the proxy's debug span and
+    /// request lines are not built), and those at it still become events.
+    #[test]
+    fn the_filtered_layer_leaves_more_verbose_callsites_disabled() {
+        let sink = EventSink::new();
+        let subscriber = tracing_subscriber::registry()
+            .with(EventLayer::filtered(sink.clone(), tracing::Level::INFO));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(tracing::Level::DEBUG));
+            assert!(tracing::debug_span!("conn").is_disabled());
+            assert!(tracing::enabled!(tracing::Level::INFO));
+            tracing::info!("kept");
+        });
+        let events = sink.drain();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].message, "kept");
     }
 }
