@@ -148,7 +148,7 @@ impl Conn {
     fn span(&self) -> tracing::Span {
         let peer = self.peer;
         let claims = &self.caller.claims;
-        // Debug, like the request lines: at the default level a disabled span costs nothing per poll.
+        // Debug, like the request lines: made only when debug logging is on (`serve`).
         tracing::debug_span!(
             "conn",
             %peer,
@@ -535,8 +535,9 @@ mod tests {
     use super::*;
 
     /// What a held connection costs at scale is mostly its task: tokio puts a connection's future in a cell aligned
-    /// to 128 bytes with 104 bytes of its own and the task tracker's 8 (tokio 1.54, x86_64). Up to 272 bytes, the
-    /// cell takes 384 bytes; the 440-byte future before session 18 took 640, and 768 on a lane it moved to.
+    /// to 128 bytes with 104 bytes of its own and the task tracker's 8 (tokio 1.54, x86_64, without
+    /// `tokio_unstable`). Up to 272 bytes, the cell takes 384 bytes; the 440-byte future before session 18 took
+    /// 640, and 768 on a lane it moved to. The future is 224 bytes in the test build and in the release build.
     #[test]
     fn a_connections_task_fits_a_384_byte_cell() {
         fn future_size<F: Future>(_: fn(Box<Conn>) -> F) -> usize {
