@@ -206,8 +206,8 @@ impl<'a> Poller<'a> {
     }
 
     /// Waits on the reactor for what polling did not get, within `deadline`, which counts from the start of the
-    /// poll; then learns how long the wait took. The deadline starts counting when this is called, so the wait
-    /// is awaited at once.
+    /// poll; then learns how long the wait took. After a timed poll the deadline is fixed here, from the poll's
+    /// start, so the wait is to be awaited at once.
     pub(super) fn sleep<'t, F: Future>(
         self,
         wait: Wait,
