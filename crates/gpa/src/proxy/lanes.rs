@@ -233,23 +233,34 @@ mod tests {
 
     const STEP: Duration = Duration::from_secs(5);
 
-    /// Places one connection that reports the thread it runs on and then waits for `end`.
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
+    /// Places one connection that reports the thread it runs on and then waits for `end`. It also reports where
+    /// the runtime it was made in runs its tasks: the lane's, so that its socket and timer are the lane's too.
     async fn place(lanes: &Lanes) -> (usize, Option<String>, oneshot::Sender<()>) {
         let placed = lanes.pick();
         let index = placed.index;
         let (report, reported) = oneshot::channel();
         let (end, ended) = oneshot::channel::<()>();
         placed.spawn(|seat| {
+            let made_in = Handle::current();
             Some(async move {
                 let _seat = seat;
-                let _ = report.send(std::thread::current().name().map(str::to_owned));
+                let context = made_in.spawn(async { thread_name() }).await.ok().flatten();
+                let _ = report.send((thread_name(), context));
                 let _ = ended.await;
             })
         });
-        let thread = timeout(STEP, reported)
+        let (thread, context) = timeout(STEP, reported)
             .await
             .expect("the lane runs its connection")
             .unwrap();
+        assert_eq!(
+            thread, context,
+            "made in the context of the lane it runs on"
+        );
         (index, thread, end)
     }
 
