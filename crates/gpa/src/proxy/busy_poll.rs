@@ -7,7 +7,8 @@
 //! process; where it does not (the bench machine boots with `haltpoll.guest_halt_poll_ns=0`), the agent's hop
 //! pays it in full. Measured there (BENCHMARKS.md, history item 43): at 1 keep-alive connection the agent went
 //! from ~0.6× of the direct path to ~1.06×, and a new connection from +176…+215 to +71…+79 µs over direct, for
-//! +8…+25 µs more CPU per request at 1 connection (~95 µs more per 64 KiB response, whose first bytes take longest).
+//! +8…+25 µs more CPU per request at 1 connection (~95 µs more per 64 KiB response, whose first bytes take
+//! longest).
 //!
 //! So a connection that is alone on its lane reads its socket without waiting, again and again, for at most its
 //! lane's *budget* for that wait, and only then sleeps. The accepting lane does the same for the next
@@ -20,8 +21,9 @@
 //!   the fallback lane, the agent's own runtime, it holds one of its workers);
 //! - each budget follows how long that wait lasted lately, like the kernel's halt polling: a wait that a poll of
 //!   the limit would have caught doubles the budget (from an eighth of the limit, up to the limit), a wait that
-//!   outlasted the limit halves it, and below an eighth of the limit it is none. A lane whose peer answers slowly (a remote host) or whose clients
-//!   pause between requests stops polling after a few waits, and still times its waits to start again.
+//!   outlasted the limit halves it, and below an eighth of the limit it is none. A lane whose peer answers slowly
+//!   (a remote host) or whose clients pause between requests stops polling after a few waits, and still times its
+//!   waits to start again.
 //!
 //! This module must never poll while another connection shares the lane, leave the agent's polling turn taken,
 //! or read into no room.

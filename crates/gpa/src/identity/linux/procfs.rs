@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{Mode, fstatat};
+use nix::sys::stat::{FileStat, Mode, fstatat};
 
 use crate::identity::stat_start_ticks;
 use crate::redirect::ExeId;
@@ -100,11 +100,7 @@ impl ProcDir {
     /// opens nothing: one system call where [`exe`](Self::exe) takes six. It fails like `exe` once the process is
     /// gone.
     pub(super) fn exe_id(&self) -> io::Result<FileId> {
-        let stat = fstatat(&self.dir, "exe", AtFlags::empty())?;
-        Ok(FileId {
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        })
+        Ok(FileId::of(&fstatat(&self.dir, "exe", AtFlags::empty())?))
     }
 
     /// The device (major, minor) of mount `mnt_id` as `/proc/<pid>/mountinfo` shows it: the super block's
@@ -179,15 +175,18 @@ impl Exe {
     /// The identity of this very file, as [`ProcDir::exe_id`] reports the file a process runs: both `stat` the
     /// same open path.
     pub(super) fn id(&self) -> io::Result<FileId> {
-        let stat = nix::sys::stat::fstat(&self.file)?;
-        Ok(FileId {
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        })
+        Ok(FileId::of(&nix::sys::stat::fstat(&self.file)?))
     }
 }
 
 impl FileId {
+    fn of(stat: &FileStat) -> FileId {
+        FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        }
+    }
+
     /// Whether `path`, looked up in the agent's own mount namespace, is this file (same device and inode).
     /// `/proc/<pid>/exe` reads as the path in the caller's mount namespace, where a bind mount (which an
     /// unprivileged user can make in a user + mount namespace) puts any binary at an allowed path (catalog C3).
