@@ -331,13 +331,14 @@ impl Report {
         };
         let worst_cpu = worst(|w| w.agent.agent_cpu_us);
         let cpu_ok = |c: f64| c <= target::AGENT_CPU_US;
+        let cpu_us = |c: f64| format!("{c:.1} µs");
         row(
             &format!(
                 "agent CPU per proxied request ≤ {} µs (worst keep-alive workload)",
                 target::AGENT_CPU_US
             ),
-            worst_cpu.map_or_else(|| "–".into(), |c| format!("{c:.1} µs")),
-            worst(|w| w.relay.agent_cpu_us).map(|c| (format!("{c:.1} µs"), cpu_ok(c))),
+            worst_cpu.map_or_else(|| "–".into(), cpu_us),
+            worst(|w| w.relay.agent_cpu_us).map(|c| (cpu_us(c), cpu_ok(c))),
             worst_cpu.map(cpu_ok),
         );
         let us = |v: f64| format!("{v:+.1} µs");
@@ -405,7 +406,7 @@ impl Report {
                     "agent CPU per proxied request ≤ {} µs at 64 keep-alive connections",
                     target::AGENT_CPU_US
                 ),
-                |v| format!("{v:.1} µs"),
+                cpu_us,
                 &cpu_ok,
                 w.agent.agent_cpu_us,
                 w.relay.agent_cpu_us,
